@@ -1,0 +1,71 @@
+"""ms/step of the training loop for a preset, next to the plain full-position PyTorch loop.
+
+    .venv/bin/python benchmarks/train_speed.py [--preset nanda-p113] [--steps 50]
+
+"plain" runs every position through the hooked model and takes the last position's logits, as a
+straightforward PyTorch loop would; "lab" is the loop `grokking train` runs (the table fast path).
+Both use the same AdamW and float64 loss. "lab + eval/ckpt" adds the trainer's amortised cost of
+evaluating every `eval_every` steps and checkpointing every `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from grokking.config import preset_config
+from grokking.fast_forward import last_position_logits
+from grokking.train import Trainer, build_model
+from grokking.tasks.registry import build_task
+from grokking.store import RunDir
+
+
+def time_loop(step_fn, steps: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        step_fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="nanda-p113")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    cfg = preset_config(args.preset)
+    task = build_task(cfg)
+    tokens, labels = task.tokens[task.train_idx], task.labels[task.train_idx]
+    results = {}
+    for name, forward in (("plain", lambda m: m(tokens)[:, -1]), ("lab", lambda m: last_position_logits(m, tokens))):
+        model = build_model(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
+
+        def step() -> None:
+            loss = F.cross_entropy(forward(model).double(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        results[name] = time_loop(step, args.steps)
+    full_steps = cfg.train.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.train.steps = args.steps * 4
+        trainer = Trainer(cfg, RunDir(tmp), torch.device("cpu"))
+        start = time.perf_counter()
+        trainer.fit(progress=False)
+        results["lab + eval/ckpt"] = (time.perf_counter() - start) / cfg.train.steps * 1000
+    print(f"{args.preset}: {len(labels)} training examples, {torch.get_num_threads()} threads")
+    print(f"{'loop':<18}{'ms/step':>10}{'vs plain':>10}")
+    for name, ms in results.items():
+        print(f"{name:<18}{ms:>10.1f}{results['plain'] / ms:>9.1f}x")
+    print(f"projected full run ({full_steps} steps) at 'lab + eval/ckpt': {results['lab + eval/ckpt'] * full_steps / 60_000:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

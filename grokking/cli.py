@@ -1,0 +1,107 @@
+"""The `grokking` command. Heavy imports (torch, transformer_lens) happen inside the commands that
+need them, so `grokking --help` and `grokking presets` answer at once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from grokking.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="A lab for grokking and emergence in small transformers.")
+
+
+@app.command()
+def presets(keys: Annotated[bool, typer.Option("--keys", help="Also list every key that --set accepts.")] = False) -> None:
+    """List the named presets, one line each."""
+    from grokking.config import PRESETS, flat_keys
+
+    width = max(map(len, PRESETS))
+    for name, (description, _) in PRESETS.items():
+        typer.echo(f"{name:<{width}}  {description}")
+    if keys:
+        typer.echo("\n--set keys: " + ", ".join(flat_keys()))
+
+
+@app.command()
+def train(
+    preset: Annotated[str, typer.Argument(help="Preset name (see `grokking presets`).")],
+    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: checkpoints/PRESET-seedN].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Init seed (the data split has its own, data_seed).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Number of optimiser steps.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set key=value (repeatable).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over even if the run directory holds a run.")] = False,
+) -> None:
+    """Train a preset into a run directory; re-running on the same directory resumes it."""
+    from grokking.config import preset_config
+
+    cfg = preset_config(preset)
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        cfg.set(key.strip(), value.strip())
+    if seed is not None:
+        cfg.train.seed = seed
+    if steps is not None:
+        cfg.train.steps = steps
+    if device is not None:
+        cfg.set("device", device)
+    cfg.validate()
+    out = out or Path("checkpoints") / f"{preset}-seed{cfg.train.seed}"
+
+    from grokking.train import TrainingInterrupted
+    from grokking.train import train as run_training
+
+    try:
+        trainer = run_training(cfg, out)
+    except TrainingInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(130) from None
+    rows = trainer.run.read_metric_rows()
+    if rows:
+        last = rows[-1]
+        typer.echo(f"done: step {last['step']}, train acc {float(last['train_acc']):.1%}, test acc {float(last['test_acc']):.1%}, "
+                   f"test loss {float(last['test_loss']):.2e} ({trainer.elapsed:.0f} s) -> {out}")
+
+
+@app.command()
+def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")]) -> None:
+    """Compute the progress measures for every checkpoint: RUN_DIR/analysis.csv and analysis.json."""
+    import json
+
+    from grokking.analysis.progress import analyze as run_analysis
+
+    table = run_analysis(run_dir)
+    summary = json.loads((run_dir / "analysis.json").read_text())
+    typer.echo(f"analysed {len(table)} checkpoints -> {run_dir / 'analysis.csv'}")
+    typer.echo(f"key frequencies {summary['key_frequencies']}; phases {summary['phases']}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="An analysed run directory.")]) -> None:
+    """Write RUN_DIR/report.html: a self-contained page of plotly figures that opens offline."""
+    from grokking.reports.modular import write_report
+
+    typer.echo(f"report: {write_report(run_dir).resolve()}")
+
+
+def main() -> None:
+    """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

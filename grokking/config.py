@@ -1,0 +1,244 @@
+"""Run configuration: three dataclasses (model, task, training) and the named presets.
+
+A run is fully described by its `RunConfig`; `config.json` in the run directory is its JSON form, so
+a run can always be rebuilt without the preset that created it. `--set key=value` uses flat key names
+(`p`, `lr`, `n_layers`, ...) that are unique across the three groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from grokking.errors import UserError
+
+ACT_FNS = ("relu", "gelu")
+NORMALIZATIONS = ("none", "pre", "post")
+POSITIONALS = ("learned", "sinusoidal")
+OPERATIONS = ("add", "subtract", "x2xyy2", "random")
+INITS = ("nanda", "tl")
+DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "linear")
+LM_TASK_NAMES = ("question-formation", "tense-inflection", "dyck")
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int = 1
+    d_model: int = 128
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    act_fn: str = "relu"
+    normalization: str = "none"
+    positional: str = "learned"
+    attn_bias: bool = False
+    unembed_bias: bool = False
+    tied_embeddings: bool = False
+    dropout: float = 0.0
+    init: str = "nanda"
+    # Filled in from the task when the model is built; recorded so that a checkpoint is self-describing.
+    d_vocab: int = 0
+    d_vocab_out: int = 0
+    n_ctx: int = 0
+
+
+@dataclass
+class TaskConfig:
+    task: str = "modular"
+    # modular arithmetic
+    p: int = 113
+    operation: str = "add"
+    frac_train: float = 0.3
+    data_seed: int = 598
+    # synthetic languages (question-formation, tense-inflection, dyck)
+    data_dir: str = ""  # published-format files to train on instead of generated ones
+    max_len: int = 0  # drop training sequences longer than this many tokens (0 = keep all)
+    eval_examples: int = 1000  # examples of each split scored at every evaluation
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 10
+    lr_schedule: str = "constant"  # after warm-up: constant, or linear decay to 0 at `steps`
+    grad_clip: float = 0.0  # max global gradient norm (0 = off)
+    batch_size: int = 0  # 0 means full batch
+    steps: int = 25_000
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    # Optionally denser early: every `dense_checkpoint_every` steps until `dense_until`.
+    dense_checkpoint_every: int = 0
+    dense_until: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        try:
+            train = dict(data["train"])
+            train["betas"] = tuple(train["betas"])
+            return cls(
+                model=ModelConfig(**data["model"]),
+                task=TaskConfig(**data["task"]),
+                train=TrainConfig(**train),
+                preset=data.get("preset", ""),
+            )
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"config is not a grokking run config ({exc}); re-create the run") from None
+
+    def set(self, key: str, raw: str) -> None:
+        """Apply one `--set key=value` override, parsing `raw` to the field's type."""
+        for group in (self.model, self.task, self.train):
+            for f in fields(group):
+                if f.name == key:
+                    setattr(group, key, _parse_value(key, raw, getattr(group, key)))
+                    return
+        raise UserError(f"unknown config key '{key}'{_suggest(key, flat_keys())}; see `grokking presets --keys`")
+
+    def validate(self) -> None:
+        """Reject impossible configurations with a message that says how to fix them."""
+        m, t, tr = self.model, self.task, self.train
+        _check(m.act_fn in ACT_FNS, f"act_fn must be one of {ACT_FNS}, got '{m.act_fn}'")
+        _check(m.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}, got '{m.normalization}'")
+        _check(m.positional in POSITIONALS, f"positional must be one of {POSITIONALS}, got '{m.positional}'")
+        _check(m.init in INITS, f"init must be one of {INITS}, got '{m.init}'")
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+            _check(getattr(m, name) >= 1, f"{name} must be a positive integer, got {getattr(m, name)}")
+        _check(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1), got {m.dropout}")
+        _check(t.task == "modular" or t.task in LM_TASK_NAMES,
+               f"task must be 'modular' or one of {LM_TASK_NAMES}, got '{t.task}'{_suggest(t.task, ['modular', *LM_TASK_NAMES])}")
+        _check(tr.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got '{tr.lr_schedule}'")
+        _check(tr.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {tr.grad_clip}")
+        if t.task in LM_TASK_NAMES:
+            _check(tr.batch_size >= 1, "language-model tasks need a minibatch: set batch_size >= 1")
+            _check(t.eval_examples >= 1, f"eval_examples must be >= 1, got {t.eval_examples}")
+        if t.task == "modular":
+            _check(t.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got '{t.operation}'")
+            _check(t.p >= 5 and _is_prime(t.p), f"p must be a prime >= 5, got {t.p} (try 113, 97 or 59)")
+            _check(0.0 < t.frac_train < 1.0, f"frac_train must be in (0, 1), got {t.frac_train}")
+        _check(tr.steps >= 0, f"steps must be >= 0, got {tr.steps}")
+        _check(tr.lr > 0, f"lr must be positive, got {tr.lr}")
+        _check(tr.weight_decay >= 0, f"weight_decay must be >= 0, got {tr.weight_decay}")
+        _check(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), f"betas must be two numbers in [0, 1), got {tr.betas}")
+        _check(tr.warmup_steps >= 0, f"warmup_steps must be >= 0, got {tr.warmup_steps}")
+        _check(tr.batch_size >= 0, f"batch_size must be >= 0 (0 = full batch), got {tr.batch_size}")
+        _check(tr.eval_every >= 1, f"eval_every must be >= 1, got {tr.eval_every}")
+        _check(tr.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {tr.checkpoint_every}")
+        _check(tr.dense_checkpoint_every >= 0 and tr.dense_until >= 0, "dense_checkpoint_every and dense_until must be >= 0")
+        _check(tr.device in DEVICES, f"device must be one of {DEVICES}, got '{tr.device}'")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _parse_value(key: str, raw: str, current: Any) -> Any:
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(current, int):
+            return int(float(raw)) if float(raw).is_integer() else int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            parts = raw.strip("()[] ").split(",")
+            return tuple(float(x) for x in parts)
+        return raw
+    except ValueError:
+        raise UserError(f"cannot read '{raw}' as a value for {key} (expected {type(current).__name__})") from None
+
+
+def flat_keys() -> list[str]:
+    """Every key that `--set` accepts."""
+    return [f.name for group in (ModelConfig, TaskConfig, TrainConfig) for f in fields(group)]
+
+
+def _nanda_p113() -> RunConfig:
+    return RunConfig(preset="nanda-p113")
+
+
+def _quick() -> RunConfig:
+    cfg = RunConfig(preset="quick")
+    cfg.task.p = 59
+    cfg.train.lr = 3e-3
+    cfg.train.steps = 3_500
+    cfg.train.eval_every = 50
+    cfg.train.checkpoint_every = 50
+    return cfg
+
+
+def _structural(task: str, paper: bool) -> RunConfig:
+    """Murty et al. 2023: post-LN causal LM, sinusoidal positions, ReLU, AdamW with warm-up and decay."""
+    cfg = RunConfig(preset=f"{ {'question-formation': 'qf', 'tense-inflection': 'ti', 'dyck': 'dyck'}[task] }-{'paper' if paper else 'cpu'}")
+    m, t, tr = cfg.model, cfg.task, cfg.train
+    t.task, t.data_seed = task, 0
+    m.normalization, m.positional, m.act_fn, m.init = "post", "sinusoidal", "relu", "tl"
+    m.attn_bias = m.unembed_bias = True
+    tr.lr_schedule, tr.grad_clip, tr.betas = "linear", 1.0, (0.9, 0.999)
+    if paper:
+        m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp, m.dropout = 6, 512, 8, 64, 2048, 0.1
+        tr.lr, tr.weight_decay, tr.warmup_steps, tr.batch_size = 1e-4, 0.0, 10_000, 8
+        tr.steps = 400_000 if task == "dyck" else 300_000
+        tr.eval_every = tr.checkpoint_every = 3_000
+    else:
+        # Scaled down for a 2-core CPU; see docs/structural-cpu.md for what was tried.
+        m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp, m.dropout = 4, 128, 4, 32, 512, 0.0
+        tr.lr, tr.weight_decay, tr.warmup_steps, tr.batch_size = 1e-3, 0.1, 1_000, 64
+        tr.steps, tr.eval_every, tr.checkpoint_every = 6_000, 250, 250
+        t.eval_examples, t.max_len = 500, 64
+    return cfg
+
+
+PRESETS: dict[str, tuple[str, Any]] = {
+    "nanda-p113": ("Nanda et al. 2023: (a+b) mod 113, 30% train, 1 layer 128/4/512, AdamW wd 1.0, 25k full-batch steps", _nanda_p113),
+    "qf-paper": ("Murty et al. 2023 question formation: 6-layer 512/8/2048 post-LN LM, 300k steps, batch 8 (GPU-sized)",
+                 lambda: _structural("question-formation", True)),
+    "ti-paper": ("Murty et al. 2023 tense inflection: as qf-paper (GPU-sized)", lambda: _structural("tense-inflection", True)),
+    "dyck-paper": ("Murty et al. 2023 Dyck-(20,10): as qf-paper, 400k steps (GPU-sized)", lambda: _structural("dyck", True)),
+    "qf-cpu": ("Question formation scaled to a 2-core CPU: 4 layers d128, wd 0.1, lr 1e-3 decaying over 6k steps",
+               lambda: _structural("question-formation", False)),
+    "ti-cpu": ("Tense inflection scaled to a 2-core CPU (same recipe as qf-cpu)", lambda: _structural("tense-inflection", False)),
+    "dyck-cpu": ("Dyck-(20,10) scaled to a 2-core CPU (same recipe as qf-cpu, sequences <= 64 tokens)", lambda: _structural("dyck", False)),
+    "quick": ("Small modular addition (p=59, 30% train, lr 3e-3, 3.5k steps): memorises by step ~300, groks near step 2k; ~1 min on a CPU", _quick),
+}
+
+
+def preset_config(name: str) -> RunConfig:
+    """A fresh `RunConfig` for a named preset, or a `UserError` that suggests the nearest name."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}'{_suggest(name, list(PRESETS))}; `grokking presets` lists them")
+    return PRESETS[name][1]()

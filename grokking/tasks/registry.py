@@ -1,0 +1,65 @@
+"""From a config to its task object; the one place that knows every task family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grokking.config import LM_TASK_NAMES, RunConfig
+from grokking.errors import UserError
+from grokking.tasks.lm_data import Encoded, Example, LMTask, encode, get_lm_task
+from grokking.tasks.modular import ModularTask
+
+
+@dataclass
+class LMRunData:
+    """A language task's splits as one run uses them: encoded training data and fixed evaluation subsets.
+
+    `eval_sets` holds the first `eval_examples` lines of each split, so every evaluation scores the
+    same sentences and curves are comparable across steps. `val` is the in-distribution dev split,
+    `test` the in-distribution test split (dev again for Dyck, which has none), `gen` the held-out
+    structures.
+    """
+
+    task: LMTask
+    train: Encoded
+    eval_sets: dict[str, list[Example]]
+
+    @property
+    def d_vocab(self) -> int:
+        return len(self.task.vocab)
+
+    @property
+    def d_vocab_out(self) -> int:
+        return len(self.task.vocab)
+
+    @property
+    def n_ctx(self) -> int:
+        lengths = [len(ex.words) + 2 for examples in self.eval_sets.values() for ex in examples]
+        return max([self.train.tokens.shape[1], *lengths])
+
+
+def build_lm_data(cfg: RunConfig) -> LMRunData:
+    t = cfg.task
+    task = get_lm_task(t.task)
+    splits = task.splits(t.data_dir or None, seed=t.data_seed)
+    train = [ex for ex in splits["train"] if not t.max_len or len(ex.words) + 2 <= t.max_len]
+    if not train:
+        raise UserError(f"no training sequence of {t.task} is at most max_len={t.max_len} tokens; raise max_len")
+    n = t.eval_examples
+    test_split = "test" if "test" in splits else "dev"
+    eval_sets = {"train": train[:n], "test": splits[test_split][:n], "val": splits["dev"][:n], "gen": splits["gen"][:n]}
+    if t.max_len:
+        eval_sets = {k: [ex for ex in v if len(ex.words) + 2 <= t.max_len] for k, v in eval_sets.items()}
+    return LMRunData(task, encode(train, task.vocab), eval_sets)
+
+
+def build_task(cfg: RunConfig) -> ModularTask | LMRunData:
+    """The task of a config; fills the model's vocabulary and context sizes from it."""
+    if cfg.task.task == "modular":
+        task: ModularTask | LMRunData = ModularTask.from_config(cfg.task)
+    elif cfg.task.task in LM_TASK_NAMES:
+        task = build_lm_data(cfg)
+    else:
+        raise UserError(f"unknown task '{cfg.task.task}'; choose 'modular' or one of {', '.join(LM_TASK_NAMES)}")
+    cfg.model.d_vocab, cfg.model.d_vocab_out, cfg.model.n_ctx = task.d_vocab, task.d_vocab_out, task.n_ctx
+    return task

@@ -1,0 +1,46 @@
+"""Language-model training end to end on a generated language, and its resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from grokking import load_run
+from grokking.config import preset_config
+from grokking.train import train
+
+
+def tiny_lm(task_preset: str = "qf-cpu", **overrides: str):
+    cfg = preset_config(task_preset)
+    for key, value in {"n_layers": "2", "d_model": "64", "n_heads": "2", "d_head": "32", "d_mlp": "128",
+                       "batch_size": "32", "warmup_steps": "50", "steps": "600", "eval_every": "150",
+                       "checkpoint_every": "150", "eval_examples": "200", "lr": "3e-3", **overrides}.items():
+        cfg.set(key, value)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROKKING_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+
+
+@pytest.mark.slow
+def test_a_tiny_lm_learns_question_formation_in_distribution(tmp_path: Path) -> None:
+    train(tiny_lm(), tmp_path / "qf", progress=False)
+    metrics = load_run(tmp_path / "qf").metrics
+    first, last = metrics.iloc[0], metrics.iloc[-1]
+    assert {"val_acc", "gen_acc", "val_linear_rule_rate"} <= set(metrics.columns)
+    assert last.train_loss < 0.5 * first.train_loss
+    assert last.val_acc >= 0.9, "the in-distribution rule (front the first auxiliary) is easy to learn"
+    assert first.val_acc < 0.6
+
+
+def test_lm_run_resumes_bit_identically(tmp_path: Path) -> None:
+    train(tiny_lm(steps="40", eval_every="20", checkpoint_every="20", dropout="0.1", lr_schedule="constant"), tmp_path / "a", progress=False)
+    train(tiny_lm(steps="80", eval_every="20", checkpoint_every="20", dropout="0.1", lr_schedule="constant"), tmp_path / "a", progress=False)
+    train(tiny_lm(steps="80", eval_every="20", checkpoint_every="20", dropout="0.1", lr_schedule="constant"), tmp_path / "b", progress=False)
+    a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    for k, v in a.weights(80).items():
+        assert torch.equal(v, b.weights(80)[k]), k
