@@ -1,0 +1,1 @@
+"""Analysis of trained runs: Fourier progress measures, weight norms, phases."""

@@ -1,0 +1,321 @@
+"""Fourier-basis progress measures for modular addition (Nanda et al. 2023), as pure tensor functions.
+
+Conventions, fixed here and used throughout:
+
+* Basis of R^p (`fourier_basis`): orthonormal rows, row 0 the constant 1/sqrt(p), then for
+  k = 1..(p-1)/2 the row `cos k` (index 2k-1) followed by `sin k` (index 2k), i.e. cos before sin
+  as in the paper. Frequency k means cos/sin(2 pi k x / p).
+* Per-frequency norms (`frequency_norms`) are indexed by k: entry 0 is the constant component and
+  entry k >= 1 is sqrt(|cos k|^2 + |sin k|^2). Gini coefficients use entries 1.. only, so a bias-like
+  constant direction does not count as a frequency.
+* Grids are over (a, b) in a-major order, i.e. `tensor.view(p, p, ...)` of the task's p^2 rows;
+  logit grids are [p, p, p] = (a, b, class).
+* Key frequencies (`key_frequencies`): a neuron belongs to the frequency k whose 2-D block
+  {const, cos k, sin k}^2 (minus const x const) explains the largest fraction of its centred variance,
+  if that fraction is >= `threshold` (0.85, the paper's value); the key set is every k claimed by at
+  least `min_neurons` neurons. Cross-check (`key_frequencies_from_embedding`): the k whose W_E norm is
+  at least `rel_threshold` times the largest.
+* Losses are cross-entropy in float64 (losses reach ~1e-7, below float32 log-softmax resolution).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor
+
+from grokking.fast_forward import last_position_logits
+from grokking.model import Transformer
+from grokking.tasks.modular import ModularTask
+
+MLP_POST_HOOK = "blocks.0.mlp.hook_post"
+
+
+# --- basis and transforms ---------------------------------------------------------------------------
+
+
+def n_frequencies(p: int) -> int:
+    """Number of non-constant frequencies, (p-1)/2 for odd p."""
+    return (p - 1) // 2
+
+
+@lru_cache(maxsize=8)
+def _basis(p: int) -> Tensor:
+    """The float64 basis, cached per p: every measure of every checkpoint reuses it (callers must not mutate)."""
+    x = torch.arange(p, dtype=torch.float64)
+    k = torch.arange(1, n_frequencies(p) + 1, dtype=torch.float64)
+    angles = 2 * math.pi * k[:, None] * x[None, :] / p
+    waves = rearrange([torch.cos(angles), torch.sin(angles)], "t k x -> (k t) x")  # cos k, sin k interleaved
+    rows = torch.cat([torch.ones(1, p, dtype=torch.float64), waves])
+    return rows / rows.norm(dim=1, keepdim=True)
+
+
+def fourier_basis(p: int) -> tuple[Tensor, list[str]]:
+    """Orthonormal Fourier basis [p, p] (rows: const, cos 1, sin 1, cos 2, ...) and the row names."""
+    names = ["const"] + [f"{trig} {k}" for k in range(1, n_frequencies(p) + 1) for trig in ("cos", "sin")]
+    return _basis(p).clone(), names
+
+
+def fft1d(x: Tensor, dim: int = 0) -> Tensor:
+    """Coefficients of `x` in the Fourier basis along `dim` (which has length p); other dims untouched."""
+    basis = _basis(x.shape[dim]).to(x.dtype)
+    return torch.movedim(torch.tensordot(basis, x, dims=([1], [dim])), 0, dim)
+
+
+def fft2d(grid: Tensor) -> Tensor:
+    """2-D coefficients of a [p, p, ...] grid over (a, b): the basis applied along both input axes."""
+    return fft1d(fft1d(grid, 0), 1)
+
+
+# --- weight norms and Gini ----------------------------------------------------------------------------
+
+
+def frequency_norms(W: Tensor) -> Tensor:
+    """Norms [(p-1)/2 + 1] of W [p, d] per frequency over its p rows: entry 0 const, entry k cos k and sin k combined.
+
+    Why: a weight matrix that "uses" frequency k puts its mass on both cos k and sin k, with a phase
+    that is arbitrary, so only their combined norm is meaningful.
+    """
+    row_norms = fft1d(W.detach().double(), 0).norm(dim=1)
+    pairs = rearrange(row_norms[1:], "(k t) -> k t", t=2).norm(dim=1)
+    return torch.cat([row_norms[:1], pairs])
+
+
+def embedding_frequency_norms(model: Transformer, p: int) -> Tensor:
+    """Frequency norms of W_E over the p number tokens (the `=` row is not a number and is left out)."""
+    return frequency_norms(model.embed.W_E[:p])
+
+
+@torch.no_grad()
+def logit_map_frequency_norms(model: Transformer, p: int) -> Tensor:
+    """Frequency norms of W_L = W_out @ W_U (neuron -> logit map) over the p output classes."""
+    W_L = model.blocks[0].mlp.W_out @ model.W_U[:, :p]
+    return frequency_norms(W_L.T)
+
+
+def gini(x: Tensor) -> Tensor:
+    """Hurley & Rickard Gini sparsity of non-negative values along the last dim: 0 if flat, (N-1)/N if one-hot.
+
+    G = 1 - 2 sum_k (x_k / |x|_1) (N - k + 1/2) / N with x sorted ascending, k = 1..N.
+    """
+    x = x.double().sort(dim=-1).values
+    n = x.shape[-1]
+    weights = (n - torch.arange(1, n + 1, dtype=torch.float64) + 0.5) / n
+    return 1 - 2 * (x / x.sum(dim=-1, keepdim=True) * weights).sum(dim=-1)
+
+
+# --- neurons and key frequencies ----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _block_rows(p: int) -> Tensor:
+    """[(p-1)/2, 3] basis rows {const, cos k, sin k} of each frequency k = 1..(p-1)/2."""
+    k = torch.arange(1, n_frequencies(p) + 1)
+    return torch.stack([torch.zeros_like(k), 2 * k - 1, 2 * k], dim=1)
+
+
+def neuron_frequency_fractions(neuron_acts: Tensor) -> Tensor:
+    """[d_mlp, (p-1)/2]: column k-1 is the fraction of each neuron's centred variance in frequency k's 2-D block.
+
+    The block is {const, cos k, sin k} x {const, cos k, sin k} minus const x const (zero after
+    centring); a neuron computing products like cos(ka) cos(kb) lives entirely in one block. Neurons
+    with no variance (dead) get fraction 0 everywhere.
+    """
+    p = neuron_acts.shape[0]
+    acts = neuron_acts.detach().double()
+    power = fft2d(acts - acts.mean(dim=(0, 1))).pow(2)  # [p, p, d_mlp]
+    rows = _block_rows(p)
+    in_block = power[rows[:, :, None], rows[:, None, :]].sum(dim=(1, 2)) - power[0, 0]  # [n_freqs, d_mlp]
+    total = power.sum(dim=(0, 1))
+    return (in_block / total.clamp_min(torch.finfo(torch.float64).tiny)).T
+
+
+def neuron_clusters(fractions: Tensor, threshold: float = 0.85) -> Tensor:
+    """Each neuron's best frequency k (1-based), or -1 when no single frequency explains >= `threshold`."""
+    best_fraction, best = fractions.max(dim=1)
+    return torch.where(best_fraction >= threshold, best + 1, torch.full_like(best, -1))
+
+
+def neuron_activations(model: Transformer, task: ModularTask) -> Tensor:
+    """Last-position MLP activations [p, p, d_mlp] over all inputs, through the model's hook."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.tokens, names_filter=MLP_POST_HOOK)
+    return cache[MLP_POST_HOOK][:, -1].view(task.p, task.p, -1)
+
+
+def key_frequencies(model: Transformer, task: ModularTask, threshold: float = 0.85, min_neurons: int = 5) -> list[int]:
+    """Sorted distinct frequencies that at least `min_neurons` neurons cluster on (run on the *final* model).
+
+    Why a count: a lone neuron can land on a frequency by chance; a frequency the circuit uses
+    recruits a cluster (tens of neurons in the paper's 512). 5 is 1% of 512.
+    """
+    clusters = neuron_clusters(neuron_frequency_fractions(neuron_activations(model, task)), threshold)
+    ks, counts = torch.unique(clusters[clusters > 0], return_counts=True)
+    return sorted(int(k) for k in ks[counts >= min_neurons])
+
+
+def key_frequencies_from_embedding(norms: Tensor, rel_threshold: float = 0.5) -> list[int]:
+    """Frequencies whose W_E norm (from `frequency_norms`, const entry ignored) is >= rel_threshold * the largest.
+
+    The cross-check route: the embedding of a grokked model is sparse in frequency, and its large
+    frequencies should match the neuron clusters.
+    """
+    freq_norms = norms[1:]
+    return sorted(int(k) + 1 for k in torch.nonzero(freq_norms >= rel_threshold * freq_norms.max()).flatten())
+
+
+# --- restricted and excluded logits -------------------------------------------------------------------
+#
+# The directions cos(w(a+b)) and sin(w(a+b)) depend on (a, b) only through s = (a + b) mod p, so a
+# frequency's component of the logits is a [p (s), p (class)] table; indexing it with `sum_index`
+# gives the [p, p, p] grid. Losses use the tables directly: p^2 log-softmaxes instead of p^3 per
+# frequency, which keeps a checkpoint's measures fast. Labels may be anything (gathered per input).
+
+
+@lru_cache(maxsize=8)
+def sum_index(p: int) -> Tensor:
+    """[p, p] grid of (a + b) mod p: maps an input to its row of a per-sum table (cached: do not mutate)."""
+    return (torch.arange(p)[:, None] + torch.arange(p)[None, :]) % p
+
+
+@lru_cache(maxsize=64)
+def _sum_directions(p: int, freqs: tuple[int, ...]) -> Tensor:
+    """[n_freqs, 2, p^2] unit directions cos(w(a+b)), sin(w(a+b)) over the a-major grid, built in the 2-D basis."""
+    basis = _basis(p)
+    cos, sin = basis[[2 * w - 1 for w in freqs]], basis[[2 * w for w in freqs]]  # [n_freqs, p]
+
+    def outer(u: Tensor, v: Tensor) -> Tensor:
+        return einsum(u, v, "f a, f b -> f a b")
+
+    cos_sum = (outer(cos, cos) - outer(sin, sin)) / math.sqrt(2)  # cos(wa) cos(wb) - sin(wa) sin(wb)
+    sin_sum = (outer(sin, cos) + outer(cos, sin)) / math.sqrt(2)  # sin(wa) cos(wb) + cos(wa) sin(wb)
+    return rearrange([cos_sum, sin_sum], "t f a b -> f t (a b)")
+
+
+def _sum_coefficients(logits_grid: Tensor, freqs: list[int]) -> Tensor:
+    """[n_freqs, 2, p]: per class, the projection of the logits onto the cos/sin(w(a+b)) directions."""
+    p = logits_grid.shape[0]
+    return einsum(_sum_directions(p, tuple(freqs)), logits_grid.double().reshape(p * p, -1), "f t g, g c -> f t c")
+
+
+def sum_frequency_components(logits_grid: Tensor, freqs: list[int]) -> Tensor:
+    """[n_freqs, p (s), p (class)]: per w, the logits' part along cos(w(a+b)) and sin(w(a+b)), as a table over s."""
+    p = logits_grid.shape[0]
+    directions = _sum_directions(p, tuple(freqs))
+    by_sum = rearrange(directions, "f t (a b) -> f t a b", a=p)[..., 0]  # the value at (a, b) = (s, 0)
+    return einsum(by_sum, _sum_coefficients(logits_grid, freqs), "f t s, f t c -> f s c")
+
+
+def restricted_logits(logits_grid: Tensor, freqs: list[int]) -> Tensor:
+    """[p, p, p]: only the key-frequency components plus each class's mean logit, what the circuit alone predicts."""
+    logits = logits_grid.double()
+    table = sum_frequency_components(logits, freqs).sum(0) + logits.mean(dim=(0, 1))
+    return table[sum_index(logits.shape[0])]
+
+
+def excluded_logits(logits_grid: Tensor, freqs: list[int]) -> Tensor:
+    """[p, p, p]: the logits minus the key-frequency components, what the network computes without the circuit."""
+    logits = logits_grid.double()
+    return logits - sum_frequency_components(logits, freqs).sum(0)[sum_index(logits.shape[0])]
+
+
+def cross_entropy64(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean float64 cross-entropy of logits [..., n, classes] against labels [n]; leading dims are kept."""
+    log_probs = F.log_softmax(logits.double(), dim=-1)
+    return -log_probs.gather(-1, labels.expand(log_probs.shape[:-1]).unsqueeze(-1)).squeeze(-1).mean(-1)
+
+
+def _table_loss(tables: Tensor, labels: Tensor) -> Tensor:
+    """Mean loss over all p^2 inputs of per-sum logit tables [..., p, p]: input (a, b) reads row (a+b) mod p."""
+    log_probs = F.log_softmax(tables, dim=-1)
+    return -log_probs[..., sum_index(tables.shape[-2]).reshape(-1), labels.reshape(-1)].mean(-1)
+
+
+def _restricted_losses(logits_grid: Tensor, components: Tensor, labels: Tensor) -> Tensor:
+    """Loss over all inputs of component tables [..., p, p] plus the class means (leading dims kept)."""
+    return _table_loss(components + logits_grid.mean(dim=(0, 1)), labels)
+
+
+def _excluded_losses(logits_grid: Tensor, components: Tensor, labels: Tensor, train_mask: Tensor) -> Tensor:
+    """Training loss of the logits minus component tables [..., p, p] (leading dims kept)."""
+    p = logits_grid.shape[0]
+    mask = train_mask.reshape(-1)
+    rows = logits_grid.reshape(p * p, -1)[mask]
+    return cross_entropy64(rows - components[..., sum_index(p).reshape(-1)[mask], :], labels.reshape(-1)[mask])
+
+
+def restricted_loss(logits_grid: Tensor, labels: Tensor, freqs: list[int]) -> float:
+    """Loss of the restricted logits over ALL inputs: low once the circuit alone solves the task."""
+    logits = logits_grid.double()
+    return _restricted_losses(logits, sum_frequency_components(logits, freqs).sum(0), labels).item()
+
+
+def excluded_loss(logits_grid: Tensor, labels: Tensor, train_mask: Tensor, freqs: list[int]) -> float:
+    """Loss of the excluded logits on the TRAINING inputs: rises as the circuit replaces memorisation."""
+    logits = logits_grid.double()
+    return _excluded_losses(logits, sum_frequency_components(logits, freqs).sum(0), labels, train_mask).item()
+
+
+def restricted_loss_per_freq(logits_grid: Tensor, labels: Tensor, freqs: list[int]) -> Tensor:
+    """[n_freqs]: restricted loss keeping one key frequency at a time (how much each carries alone)."""
+    logits = logits_grid.double()
+    return _restricted_losses(logits, sum_frequency_components(logits, freqs), labels)
+
+
+def excluded_loss_per_freq(logits_grid: Tensor, labels: Tensor, train_mask: Tensor, freqs: list[int]) -> Tensor:
+    """[n_freqs]: training loss after removing one key frequency at a time."""
+    logits = logits_grid.double()
+    return _excluded_losses(logits, sum_frequency_components(logits, freqs), labels, train_mask)
+
+
+def cos_coefficients(logits_grid: Tensor, freqs: list[int]) -> tuple[Tensor, Tensor]:
+    """Per w: the coefficient of the unit direction cos(w(a+b-c)) over (a, b, c), and the variance fraction it explains.
+
+    cos(w(a+b-c)) is the algorithm's output term, so its coefficient tracks the circuit's strength.
+    Variance is taken after removing each input's mean over classes, the part softmax ignores (the
+    direction has no such part). The direction is (cos_sum x cos c + sin_sum x sin c)/sqrt2, so the
+    coefficient comes from the per-class sum coefficients without building a p^3 tensor.
+    """
+    p = logits_grid.shape[0]
+    logits = logits_grid.double()
+    basis = _basis(p)
+    class_dirs = torch.stack([basis[[2 * w - 1 for w in freqs]], basis[[2 * w for w in freqs]]], dim=1)  # [f, 2, p]
+    coefs = einsum(_sum_coefficients(logits, freqs), class_dirs, "f t c, f t c -> f") / math.sqrt(2)
+    variance = (logits - logits.mean(dim=-1, keepdim=True)).pow(2).sum()
+    return coefs, coefs.pow(2) / variance
+
+
+# --- per-checkpoint table -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def checkpoint_measures(model: Transformer, task: ModularTask, key_freqs: list[int], logits: Tensor | None = None) -> dict[str, float]:
+    """Every Fourier progress measure of one checkpoint from one forward pass (a row of the per-checkpoint table).
+
+    `logits` [p^2, p] are the last-position logits over all inputs when the caller already has them.
+    """
+    p = task.p
+    if logits is None:
+        logits = last_position_logits(model, task.tokens)
+    grid = logits.double().view(p, p, -1)
+    labels, train_mask = task.labels.view(p, p), task.is_train_grid()
+    components = sum_frequency_components(grid, key_freqs)  # [n_freqs, p (s), p (class)]
+    measures = {
+        "restricted_loss": _restricted_losses(grid, components.sum(0), labels).item(),
+        "excluded_loss": _excluded_losses(grid, components.sum(0), labels, train_mask).item(),
+        "gini_W_E": gini(embedding_frequency_norms(model, p)[1:]).item(),
+        "gini_W_L": gini(logit_map_frequency_norms(model, p)[1:]).item(),
+    }
+    restricted_k = _restricted_losses(grid, components, labels)
+    excluded_k = _excluded_losses(grid, components, labels, train_mask)
+    cos_coefs, cos_fracs = cos_coefficients(grid, key_freqs)
+    for i, w in enumerate(key_freqs):
+        measures[f"restricted_loss_k{w}"] = restricted_k[i].item()
+        measures[f"excluded_loss_k{w}"] = excluded_k[i].item()
+        measures[f"cos_coef_k{w}"] = cos_coefs[i].item()
+        measures[f"cos_frac_k{w}"] = cos_fracs[i].item()
+    return measures

@@ -1,0 +1,51 @@
+"""Assemble plotly figures into one self-contained HTML page that opens offline.
+
+plotly.js is inlined once (about 4 MB), so the page needs no network; each figure is a div.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from grokking.store import atomic_write
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+p.note { color: #555; max-width: 60em; }
+table.summary { border-collapse: collapse; } table.summary td, table.summary th { padding: 2px 12px; border-bottom: 1px solid #eee; text-align: left; }
+"""
+
+
+class Page:
+    """An HTML page of headed sections, each with an optional note, a table and figures."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[str] = []
+
+    def section(self, heading: str, note: str = "") -> Page:
+        self.parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if note:
+            self.parts.append(f'<p class="note">{html.escape(note)}</p>')
+        return self
+
+    def table(self, rows: dict[str, object]) -> Page:
+        cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
+        self.parts.append(f'<table class="summary">{cells}</table>')
+        return self
+
+    def figure(self, fig: go.Figure) -> Page:
+        self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
+        return self
+
+    def write(self, path: Path) -> None:
+        body = "\n".join(self.parts)
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
+                f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>")
+        atomic_write(path, page.encode())

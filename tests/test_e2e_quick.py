@@ -1,0 +1,71 @@
+"""The demo end to end: `quick` memorises, then groks; analysis and report see the circuit form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from grokking import load_run
+from grokking.analysis import progress
+from grokking.config import preset_config
+from grokking.reports.modular import write_report
+from grokking.train import train
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quick") / "run"
+    train(preset_config("quick"), out, progress=False)
+    progress.analyze(out, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_quick_memorises_first_and_generalises_much_later(quick_run: Path) -> None:
+    m = load_run(quick_run).metrics
+    memorised = int(m.step[m.train_acc >= 0.99].iloc[0])
+    generalised = int(m.step[m.test_acc >= 0.95].iloc[0])
+    assert m.set_index("step").test_acc[memorised] < 0.2, "test accuracy is still low when training is memorised"
+    assert generalised >= 4 * memorised
+    assert m.test_acc.iloc[-1] >= 0.99 and m.test_loss.iloc[-1] < 0.01
+
+
+@pytest.mark.slow
+def test_progress_measures_move_before_the_test_loss(quick_run: Path) -> None:
+    table = pd.read_csv(quick_run / "analysis.csv").set_index("step")
+    summary = json.loads((quick_run / "analysis.json").read_text())
+    assert 2 <= len(summary["key_frequencies"]) <= 8
+    assert set(summary["key_frequencies"]) & set(summary["key_frequencies_from_embedding"])
+    ph = summary["phases"]
+    mem, circ, clean = ph["memorisation_end"], ph["circuit_formation_end"], ph["cleanup_end"]
+    assert 0 < mem < circ < clean <= table.index.max()
+    mid = table.index[(table.index > mem) & (table.index < circ)][len(table.index[(table.index > mem) & (table.index < circ)]) // 2]
+    assert table.restricted_loss[mid] < 0.1 * table.test_loss[mid], "restricted loss falls before the test loss"
+    assert table.excluded_loss[circ] > 10 * table.excluded_loss[mem], "excluded loss rises in circuit formation"
+    assert table.gini_W_E.iloc[-1] > 2 * table.gini_W_E.iloc[0] and table.gini_W_L.iloc[-1] > 2 * table.gini_W_L.iloc[0]
+    assert table.total_sq_weight_norm[clean] < 0.9 * table.total_sq_weight_norm[circ], "weights fall in cleanup"
+    first_99 = table.index[table.test_acc >= 0.99][0]
+    assert clean >= first_99, "the last boundary comes after the test-accuracy jump"
+
+
+@pytest.mark.slow
+def test_reanalysis_computes_only_missing_checkpoints(quick_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = pd.read_csv(quick_run / "analysis.csv")
+    before.iloc[:-5].to_csv(quick_run / "analysis.csv", index=False)  # as if interrupted
+    calls: list[int] = []
+    original = progress._checkpoint_row
+    monkeypatch.setattr(progress, "_checkpoint_row", lambda run, step, kf: calls.append(step) or original(run, step, kf))
+    after = progress.analyze(quick_run, progress=False)
+    assert calls == before.step.tolist()[-5:]
+    pd.testing.assert_frame_equal(after, before)
+
+
+@pytest.mark.slow
+def test_report_is_self_contained(quick_run: Path) -> None:
+    page = write_report(quick_run).read_text()
+    assert "Plotly" in page and "cdn.plot.ly" not in page and "<script src=" not in page
+    for heading in ("Loss and accuracy", "Progress measures", "Fourier norms", "Neuron clusters", "Attention and neuron"):
+        assert heading in page
