@@ -91,6 +91,45 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An analysed run directo
     typer.echo(f"report: {write_report(run_dir).resolve()}")
 
 
+@app.command()
+def data(
+    task: Annotated[str, typer.Argument(help="question-formation, tense-inflection or dyck.")],
+    split: Annotated[str, typer.Option(help="Split to print: train, dev, test or gen.")] = "train",
+    n: Annotated[int, typer.Option("-n", help="Number of examples to print.")] = 5,
+    seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    export: Annotated[Optional[Path], typer.Option(help="Write every split in the published format to this directory.")] = None,
+) -> None:
+    """Print examples of a synthetic language, or export its splits (generated, seeded, cached)."""
+    from grokking.tasks.lm_data import get_lm_task
+
+    lm_task = get_lm_task(task)
+    if export is not None:
+        for path in lm_task.export(export, seed=seed):
+            typer.echo(path)
+        return
+    splits = lm_task.splits(seed=seed)
+    if split not in splits:
+        raise UserError(f"{task} has no split '{split}'; choose one of {', '.join(splits)}")
+    for example in splits[split][:n]:
+        typer.echo(f"{example.input}\t{example.target}" if example.target else example.input)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A .pt/.pth (read with weights_only) or .safetensors file: one model or a whole run.")],
+    format_: Annotated[str, typer.Option("--format", help="tl (TransformerLens names) or nanda (the paper's own layout).")],
+    out: Annotated[Path, typer.Option(help="New run directory to write.")],
+    p: Annotated[Optional[int], typer.Option(help="Modulus, if the file has no saved config (default 113).")] = None,
+    frac_train: Annotated[Optional[float], typer.Option(help="Training fraction, if the file has no saved config (default 0.3).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Split seed, if the file has no saved config (default 0 for nanda, 598 for tl).")] = None,
+) -> None:
+    """Import models trained elsewhere as a run directory that `analyze` and `report` can read."""
+    from grokking.importers import import_run
+
+    run_dir = import_run(file, format_, out, p=p, frac_train=frac_train, data_seed=seed)
+    typer.echo(f"imported {file} -> {run_dir}")
+
+
 def main() -> None:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     try:

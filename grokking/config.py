@@ -22,6 +22,7 @@ OPERATIONS = ("add", "subtract", "x2xyy2", "random")
 INITS = ("nanda", "tl")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "linear")
+SPLITS = ("seeded", "python-shuffle")
 LM_TASK_NAMES = ("question-formation", "tense-inflection", "dyck")
 
 
@@ -54,6 +55,10 @@ class TaskConfig:
     operation: str = "add"
     frac_train: float = 0.3
     data_seed: int = 598
+    # "seeded": torch permutation by data_seed; "python-shuffle": random.seed(data_seed) + random.shuffle of
+    # the a-major pair list, which is how the paper's released runs fixed their split (for imported runs).
+    split: str = "seeded"
+    n_outputs: int = 0  # output classes; 0 means p (the paper's own code used p + 1)
     # synthetic languages (question-formation, tense-inflection, dyck)
     data_dir: str = ""  # published-format files to train on instead of generated ones
     max_len: int = 0  # drop training sequences longer than this many tokens (0 = keep all)
@@ -136,6 +141,8 @@ class RunConfig:
             _check(t.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got '{t.operation}'")
             _check(t.p >= 5 and _is_prime(t.p), f"p must be a prime >= 5, got {t.p} (try 113, 97 or 59)")
             _check(0.0 < t.frac_train < 1.0, f"frac_train must be in (0, 1), got {t.frac_train}")
+            _check(t.split in SPLITS, f"split must be one of {SPLITS}, got '{t.split}'")
+            _check(t.n_outputs in (0, t.p, t.p + 1), f"n_outputs must be 0 (= p), p or p + 1, got {t.n_outputs}")
         _check(tr.steps >= 0, f"steps must be >= 0, got {tr.steps}")
         _check(tr.lr > 0, f"lr must be positive, got {tr.lr}")
         _check(tr.weight_decay >= 0, f"weight_decay must be >= 0, got {tr.weight_decay}")

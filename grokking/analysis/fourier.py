@@ -296,12 +296,13 @@ def cos_coefficients(logits_grid: Tensor, freqs: list[int]) -> tuple[Tensor, Ten
 def checkpoint_measures(model: Transformer, task: ModularTask, key_freqs: list[int], logits: Tensor | None = None) -> dict[str, float]:
     """Every Fourier progress measure of one checkpoint from one forward pass (a row of the per-checkpoint table).
 
-    `logits` [p^2, p] are the last-position logits over all inputs when the caller already has them.
+    `logits` [p^2, d_vocab_out] are the last-position logits over all inputs when the caller already has them.
+    Models with p + 1 outputs (the paper's own code) are measured on the p answer classes, as the paper did.
     """
     p = task.p
     if logits is None:
         logits = last_position_logits(model, task.tokens)
-    grid = logits.double().view(p, p, -1)
+    grid = logits[:, :p].double().view(p, p, p)
     labels, train_mask = task.labels.view(p, p), task.is_train_grid()
     components = sum_frequency_components(grid, key_freqs)  # [n_freqs, p (s), p (class)]
     measures = {

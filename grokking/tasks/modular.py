@@ -7,6 +7,7 @@ can be trained from many inits.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,16 @@ def _answers(a: Tensor, b: Tensor, p: int, operation: str, data_seed: int) -> Te
     return table[a, b]
 
 
+def _split(p: int, frac_train: float, data_seed: int, method: str) -> Tensor:
+    """Training rows of the a-major pair list."""
+    if method == "python-shuffle":
+        order = list(range(p * p))
+        random.Random(data_seed).shuffle(order)  # same permutation as the paper's random.seed + random.shuffle
+        return torch.tensor(order[: int(frac_train * p * p)])
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(data_seed))
+    return perm[: int(round(frac_train * p * p))]
+
+
 @dataclass
 class ModularTask:
     """The p^2 examples of one operation and their split; tensors live on CPU until moved."""
@@ -39,6 +50,7 @@ class ModularTask:
     test_idx: Tensor
     tokens: Tensor  # [p^2, 3] in a-major order
     labels: Tensor  # [p^2]
+    n_outputs: int = 0
 
     @property
     def d_vocab(self) -> int:
@@ -46,7 +58,7 @@ class ModularTask:
 
     @property
     def d_vocab_out(self) -> int:
-        return self.p
+        return self.n_outputs or self.p
 
     n_ctx = 3
 
@@ -63,12 +75,11 @@ class ModularTask:
         tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)
         labels = _answers(a, b, p, cfg.operation, cfg.data_seed)
         if train_idx is None:
-            perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(cfg.data_seed))
-            train_idx = perm[: int(round(cfg.frac_train * p * p))]
+            train_idx = _split(p, cfg.frac_train, cfg.data_seed, cfg.split)
         mask = torch.zeros(p * p, dtype=torch.bool)
         mask[train_idx] = True
         test_idx = torch.nonzero(~mask).squeeze(1)
-        return cls(p, cfg.operation, cfg.frac_train, cfg.data_seed, train_idx, test_idx, tokens, labels)
+        return cls(p, cfg.operation, cfg.frac_train, cfg.data_seed, train_idx, test_idx, tokens, labels, cfg.n_outputs)
 
     def is_train_grid(self) -> Tensor:
         """[p, p] bool: which (a, b) pairs are in the training set."""
