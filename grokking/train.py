@@ -207,6 +207,8 @@ def train(cfg: RunConfig, out: str | Path, fresh: bool = False, progress: bool =
                 raise UserError(f"{run.path} holds a different run; use another --out, or --fresh to overwrite it")
             if run.resume_path.is_file():
                 trainer.load_resume()
+            elif run.checkpoint_steps():
+                raise UserError(f"{run.path} has checkpoints but no resume state (an imported run?); train into another --out")
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(cfg)
     except BaseException:

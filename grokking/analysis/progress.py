@@ -34,7 +34,7 @@ from grokking.run import Run, load_run
 from grokking.store import atomic_write
 
 SAVE_EVERY_SECONDS = 10.0
-N_MAP_STEPS = 8
+N_MAP_STEPS = 6
 
 
 def analysis_paths(run_dir: Path) -> dict[str, Path]:
@@ -69,6 +69,7 @@ def _checkpoint_row(run: Run, step: int, key_freqs: list[int]) -> tuple[dict[str
     return row, norm_rows
 
 
+@torch.no_grad()
 def _maps(run: Run, steps: list[int], neurons: list[int]) -> dict[str, torch.Tensor]:
     """Attention from `=` to `a`, per head, and chosen neurons' activations, as [step, head|neuron, a, b] grids."""
     p = run.task.p
