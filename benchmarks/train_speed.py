@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_speed.py [--preset nanda-p113] [--steps 50]
 
 "plain" runs every position through the hooked model and takes the last position's logits, as a
-straightforward PyTorch loop would; "lab" is the loop `grokking train` runs (the table fast path).
+straightforward PyTorch loop would; "lab" is the step `grokking train` runs (the table fast path).
 Both use the same AdamW and float64 loss. "lab + eval/ckpt" adds the trainer's amortised cost of
 evaluating every `eval_every` steps and checkpointing every `checkpoint_every` steps.
 """
@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from grokking.config import preset_config
-from grokking.fast_forward import last_position_logits
 from grokking.train import Trainer, build_model
 from grokking.tasks.registry import build_task
 from grokking.store import RunDir
@@ -42,17 +41,19 @@ def main() -> None:
     task = build_task(cfg)
     tokens, labels = task.tokens[task.train_idx], task.labels[task.train_idx]
     results = {}
-    for name, forward in (("plain", lambda m: m(tokens)[:, -1]), ("lab", lambda m: last_position_logits(m, tokens))):
-        model = build_model(cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
 
-        def step() -> None:
-            loss = F.cross_entropy(forward(model).double(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    def plain_step() -> None:
+        loss = F.cross_entropy(model(tokens)[:, -1].double(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
-        results[name] = time_loop(step, args.steps)
+    results["plain"] = time_loop(plain_step, args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, RunDir(tmp), torch.device("cpu"))
+    results["lab"] = time_loop(lambda: trainer.update(trainer.objective.step_loss(trainer.model, trainer.generator)[0]), args.steps)
     full_steps = cfg.train.steps
     with tempfile.TemporaryDirectory() as tmp:
         cfg.train.steps = args.steps * 4

@@ -137,6 +137,18 @@ class Trainer:
         self.run.write_checkpoint(self.step, checkpoint_tensors(self.model))
         self.save_resume()
 
+    def update(self, loss: torch.Tensor) -> None:
+        """One optimiser step from `loss` at the current step's learning rate, then advance the step."""
+        tr = self.cfg.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, tr)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tr.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+
     def fit(self, progress: bool = True) -> dict[str, float] | None:
         """Train from `self.step` to `steps`; returns the last metrics row."""
         tr = self.cfg.train
@@ -156,20 +168,13 @@ class Trainer:
                     if is_checkpoint_step(self.step, tr):
                         self._checkpoint()
                     break
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr_at(self.step, tr)
                 loss, train_metrics = self.objective.step_loss(self.model, self.generator)
                 if evaluating:
                     last_row = self._record(train_metrics)
                     bar.set_postfix_str(_postfix(last_row), refresh=False)
                 if is_checkpoint_step(self.step, tr):
                     self._checkpoint()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tr.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
-                self.optimizer.step()
-                self.step += 1
+                self.update(loss)
                 bar.update(1)
         return last_row
 

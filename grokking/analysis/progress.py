@@ -164,7 +164,7 @@ def _loads(run: Run, step: int, skipped: dict[int, str]) -> bool:
         return False
 
 
-def _representative_neurons(clusters: torch.Tensor, key_freqs: list[int], per_freq: int = 1) -> list[int]:
-    """The first neuron of each key-frequency cluster (and neuron 0 if none), for the heat-maps."""
-    chosen = [int(torch.nonzero(clusters == k)[0]) for k in key_freqs if (clusters == k).any()][: 4 * per_freq]
-    return chosen or [0]
+def _representative_neurons(clusters: torch.Tensor, key_freqs: list[int], limit: int = 4) -> list[int]:
+    """The first neuron of each key-frequency cluster (neuron 0 if there is none), for the heat-maps."""
+    chosen = [int(torch.nonzero(clusters == k)[0]) for k in key_freqs if (clusters == k).any()]
+    return chosen[:limit] or [0]
