@@ -1,0 +1,91 @@
+"""Weight norm and attention sparsity over checkpoints, as in Murty et al. (2023), "structural grokking".
+
+Both grow during training for every depth and, in the paper, do not predict which depth groks; they
+are the foils to tree-structuredness (`grokking.analysis.tree_projection`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from grokking.model import Transformer
+
+
+@contextmanager
+def eval_mode(model: Transformer) -> Iterator[Transformer]:
+    """Dropout off and no autograd for an analysis, restoring the caller's train/eval flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def _norm(tensors: list[Tensor]) -> float:
+    return sum(t.detach().double().pow(2).sum() for t in tensors).sqrt().item() if tensors else 0.0
+
+
+def weight_norms(model: Transformer) -> dict[str, float]:
+    """L2 norms of the trainable parameters: global, per block, per matrix and depth-normalised.
+
+    Only `parameters()` count (as in the paper's `get_norm`): the zero bias buffers of a bias-free
+    model and the fixed sinusoidal position table are not weights; tied embeddings count once.
+
+    Keys: `weight_norm` (all parameters), `weight_norm_layer{l}` (everything under `blocks.{l}`),
+    `weight_norm/{name}` (each parameter) and `weight_norm_depth_normalized`, the root mean square
+    of the per-block norms, sqrt(sum_l |block_l|^2 / n_layers). Every block has the same shapes and
+    initialisation, so at initialisation that number is the same for every depth, and afterwards it
+    says how large a typical block has grown; the global norm instead grows like sqrt(n_layers) from
+    stacking alone. Embeddings and unembedding are left out of it because their size does not
+    change with depth.
+    """
+    params = dict(model.named_parameters())
+    n_layers = model.cfg.n_layers
+    layers = [[p for name, p in params.items() if name.startswith(f"blocks.{l}.")] for l in range(n_layers)]
+    out = {"weight_norm": _norm(list(params.values()))}
+    out |= {f"weight_norm_layer{l}": _norm(ps) for l, ps in enumerate(layers)}
+    out["weight_norm_depth_normalized"] = _norm([p for ps in layers for p in ps]) / n_layers**0.5
+    out |= {f"weight_norm/{name}": _norm([p]) for name, p in params.items()}
+    return out
+
+
+def _pattern_entropy(pattern: Tensor) -> Tensor:
+    """Entropy (nats) of each attention distribution [..., key] -> [...]; masked keys (p = 0) add 0."""
+    return -torch.special.xlogy(pattern, pattern).sum(-1)
+
+
+def attention_entropy(model: Transformer, tokens: Tensor, pad_id: int = 0, batch_size: int = 256) -> dict[str, float]:
+    """Mean entropy of the causal attention distributions over the real query positions of `tokens`.
+
+    `tokens` [batch, pos] must be right-padded (as `lm_data.pad` does), so a real query never sees a
+    pad key; every non-pad position is a query, `<sos>` included (its distribution has one key and
+    entropy 0), as in the paper's code. Averaging: per head, the mean over all real query positions
+    of all sentences (token-weighted, i.e. positions and sentences pooled: the paper's code sums over
+    positions and divides by sentences, which differs only by the mean length); `attn_entropy_l{l}` is
+    the mean over that layer's heads; `attn_entropy` the mean over layers. `attn_sparsity` is
+    -`attn_entropy`, the paper's sparsity.
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
+    totals = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    n_queries = 0
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for chunk in tokens.to(device).split(batch_size):
+            real = (chunk != pad_id).double()
+            _, cache = model.run_with_cache(chunk, names_filter=names)
+            entropy = torch.stack([_pattern_entropy(cache[name].double()) for name in names])  # [layer, b, head, q]
+            totals += torch.einsum("lbhq,bq->lh", entropy, real).cpu()
+            n_queries += int(real.sum().item())
+    per_head = totals / max(n_queries, 1)
+    out = {f"attn_entropy_l{l}h{h}": per_head[l, h].item() for l in range(n_layers) for h in range(n_heads)}
+    out |= {f"attn_entropy_l{l}": per_head[l].mean().item() for l in range(n_layers)}
+    out["attn_entropy"] = per_head.mean().item()
+    out["attn_sparsity"] = -out["attn_entropy"]
+    return out
