@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from grokking.analysis.progress import analysis_paths, analyze
+from grokking.analysis.progress import analyze
+from grokking.store import DERIVED_FILES
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
         sys.exit(f"no run at {source}; train one with `grokking train nanda-p113` first")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        shutil.copytree(source, run, ignore=shutil.ignore_patterns(*[p.name for p in analysis_paths(source).values()], "report.html"))
+        shutil.copytree(source, run, ignore=shutil.ignore_patterns(*DERIVED_FILES))
         n = len(list((run / "checkpoints").glob("step_*.safetensors")))
         start = time.perf_counter()
         analyze(run, progress=False)

@@ -71,22 +71,28 @@ def train(
 
 
 @app.command()
-def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")]) -> None:
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")],
+    sample: Annotated[int, typer.Option(help="Training sentences for the structural measures (language runs).")] = 1000,
+) -> None:
     """Compute the progress measures for every checkpoint: RUN_DIR/analysis.csv and analysis.json."""
     import json
 
     from grokking.analysis.progress import analyze as run_analysis
 
-    table = run_analysis(run_dir)
+    table = run_analysis(run_dir, sample=sample)
     summary = json.loads((run_dir / "analysis.json").read_text())
     typer.echo(f"analysed {len(table)} checkpoints -> {run_dir / 'analysis.csv'}")
-    typer.echo(f"key frequencies {summary['key_frequencies']}; phases {summary['phases']}")
+    if "key_frequencies" in summary:
+        typer.echo(f"key frequencies {summary['key_frequencies']}; phases {summary['phases']}")
+    if summary.get("early_stopping"):
+        typer.echo(f"early stopping {summary['early_stopping']}")
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="An analysed run directory.")]) -> None:
     """Write RUN_DIR/report.html: a self-contained page of plotly figures that opens offline."""
-    from grokking.reports.modular import write_report
+    from grokking.reports import write_report
 
     typer.echo(f"report: {write_report(run_dir).resolve()}")
 

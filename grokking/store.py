@@ -29,6 +29,8 @@ from grokking.errors import UserError
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{7})\.safetensors$")
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
+# What `grokking analyze` and `grokking report` may write into a run directory.
+DERIVED_FILES = ("analysis.csv", "analysis.json", "fourier_norms.csv", "analysis_maps.safetensors", "analysis_trees.json", "report.html")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -167,7 +169,7 @@ class RunDir:
             self.checkpoint_path(step).unlink()
         for path in (self.metrics_path, self.resume_path, self.config_path):
             path.unlink(missing_ok=True)
-        for name in ("analysis.csv", "analysis.json", "report.html"):
+        for name in DERIVED_FILES:
             (self.path / name).unlink(missing_ok=True)
 
 

@@ -56,8 +56,8 @@ def test_reanalysis_computes_only_missing_checkpoints(quick_run: Path, monkeypat
     before = pd.read_csv(quick_run / "analysis.csv")
     before.iloc[:-5].to_csv(quick_run / "analysis.csv", index=False)  # as if interrupted
     calls: list[int] = []
-    original = progress._checkpoint_row
-    monkeypatch.setattr(progress, "_checkpoint_row", lambda run, step, kf: calls.append(step) or original(run, step, kf))
+    original = progress.ModularPlan.row
+    monkeypatch.setattr(progress.ModularPlan, "row", lambda plan, step: calls.append(step) or original(plan, step))
     after = progress.analyze(quick_run, progress=False)
     assert calls == before.step.tolist()[-5:]
     pd.testing.assert_frame_equal(after, before)

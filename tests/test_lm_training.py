@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from grokking import load_run
+from grokking.analysis.progress import analyze
+from grokking.reports import write_report
 from grokking.config import preset_config
 from grokking.train import train
 
@@ -35,6 +37,15 @@ def test_a_tiny_lm_learns_question_formation_in_distribution(tmp_path: Path) -> 
     assert last.train_loss < 0.5 * first.train_loss
     assert last.val_acc >= 0.9, "the in-distribution rule (front the first auxiliary) is easy to learn"
     assert first.val_acc < 0.6
+    # The structural analysis and report run on it, with the columns.
+    table = analyze(tmp_path / "qf", sample=100, progress=False)
+    for column in ("weight_norm", "weight_norm_per_layer", "attn_entropy", "attn_sparsity", "tscore", "tparseval",
+                   "attn_entropy_l1h1", "val_acc", "gen_acc"):
+        assert column in table, column
+    assert table.attn_sparsity.equals(-table.attn_entropy)
+    assert 0 <= table.tparseval.min() and table.tparseval.max() <= 1
+    page = write_report(tmp_path / "qf").read_text()
+    assert "SCI chart" in page and "early stop" in page
 
 
 def test_lm_run_resumes_bit_identically(tmp_path: Path) -> None:

@@ -88,3 +88,26 @@ def test_full_disk_during_training_is_one_line(tmp_path: Path) -> None:
     tmp_path.joinpath("metrics.csv").symlink_to("/dev/full")
     with pytest.raises(UserError, match="disk full"):
         run.append_metrics({"step": 0, "train_loss": 1.0})
+
+
+def test_analysing_a_run_without_checkpoints_is_one_line(tmp_path: Path) -> None:
+    train(tiny_config(steps="0"), tmp_path / "r", progress=False)
+    for path in (tmp_path / "r" / "checkpoints").iterdir():
+        path.unlink()
+    proc = subprocess.run(CLI + ["analyze", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "has no checkpoints to analyse" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(CLI + ["report", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_analysis_skips_a_corrupt_checkpoint_and_says_so(tmp_path: Path) -> None:
+    from grokking.analysis.progress import analyze
+
+    train(tiny_config(steps="60"), tmp_path / "r", progress=False)
+    bad = RunDir(tmp_path / "r").checkpoint_path(20)
+    bad.write_bytes(b"\x00" * 10)
+    table = analyze(tmp_path / "r", progress=False)
+    assert table.step.tolist() == [0, 40, 60]
+    import json
+
+    assert "step_0000020" in json.loads((tmp_path / "r" / "analysis.json").read_text())["skipped"]["20"]

@@ -1,1 +1,20 @@
 """Reports: plotly figures and self-contained HTML pages, built from a run's tables only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grokking.errors import UserError
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """RUN_DIR/report.html for any run: the Fourier report for modular runs, the structural one otherwise."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.json); pass the directory that `grokking train` wrote")
+    if json.loads((run_dir / "config.json").read_text())["task"]["task"] == "modular":
+        from grokking.reports.modular import write_report as modular
+        return modular(run_dir)
+    from grokking.reports.structural import write_structural_report
+    return write_structural_report(run_dir)

@@ -1,0 +1,74 @@
+"""The structural-grokking measures of one language-model checkpoint, for `grokking analyze`.
+
+Every checkpoint is measured on the same fixed sample: the first `sample` training examples (for
+attention entropy, over whole LM sequences) and the declarative sentences among them (for tree
+projections: QF uses the declaratives of `quest` lines, as the paper's code did; TI uses every line).
+Dyck has no gold parses, so its runs get norms and attention measures only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+
+from grokking.analysis.early_stopping import early_stopping
+from grokking.analysis.structural import attention_entropy, weight_norms
+from grokking.analysis.tree_projection import tree_measures, tree_projection_report
+from grokking.run import Run
+from grokking.store import atomic_write
+from grokking.tasks import question_formation, tense_inflection
+from grokking.tasks.lm_data import encode
+
+N_TREE_STEPS = 6
+
+
+def _sentences(task_name: str, examples: list) -> tuple[list[str], object | None]:
+    """Declarative sentences to project, and the task's gold-parse function (None: no gold parses)."""
+    if task_name == "question-formation":
+        return [" ".join(question_formation.declarative_words(ex)) for ex in examples if question_formation.is_question(ex)], question_formation.gold_parse
+    if task_name == "tense-inflection":
+        return [" ".join(tense_inflection.sentence_words(ex)) for ex in examples], tense_inflection.gold_parse
+    return [], None
+
+
+class StructuralPlan:
+    """Weight norms, attention entropy/sparsity, tscore and tparseval of a language run."""
+
+
+    def __init__(self, run: Run, sample: int):
+        self.run, self.data = run, run.task
+        cfg = run.config.task
+        examples = self.data.task.splits(cfg.data_dir or None, seed=cfg.data_seed)["train"][:sample]
+        self.tokens = encode(examples, self.data.task.vocab).tokens
+        self.sentences, self.gold_fn = _sentences(run.config.task.task, examples)
+        self.metrics = run.metrics.set_index("step")
+        self.signature = {"kind": "structural", "task": run.config.task.task, "sample": sample}
+
+    @torch.no_grad()
+    def row(self, step: int) -> tuple[dict[str, float], list[dict]]:
+        model = self.run.model(step)
+        row: dict[str, float] = {"step": step}
+        if step in self.metrics.index:
+            row.update(self.metrics.loc[step].to_dict())
+        norms = weight_norms(model)
+        row["weight_norm"] = norms["weight_norm"]
+        row["weight_norm_per_layer"] = norms["weight_norm_depth_normalized"]
+        row.update({k: v for k, v in norms.items() if k.startswith("weight_norm_layer")})
+        row.update(attention_entropy(model, self.tokens))
+        if self.sentences:
+            row.update(tree_measures(model, self.sentences, self.data.task.vocab, self.gold_fn))
+        return row, []
+
+    def finish(self, table: pd.DataFrame, good_steps: list[int]) -> dict:
+        if self.sentences:
+            trees = {}
+            idx = torch.linspace(0, len(good_steps) - 1, min(N_TREE_STEPS, len(good_steps))).round().long().unique()
+            for step in [good_steps[i] for i in idx.tolist()]:
+                report = tree_projection_report(self.run.model(step), self.sentences[0], self.data.task.vocab, self.gold_fn)
+                trees[str(step)] = {"words": report["words"], "chart": report["chart"].nan_to_num(0).tolist(),
+                                    "brackets": report["brackets"], "tscore": report["tscore"], "tparseval": report["tparseval"]}
+            atomic_write(self.run.path / "analysis_trees.json", json.dumps(trees).encode())
+        metrics = self.run.metrics
+        return {"early_stopping": early_stopping(metrics).to_dict() if "gen_acc" in metrics else None}

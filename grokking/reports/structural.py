@@ -1,0 +1,100 @@
+"""The structural-grokking report for language runs, built from analysis.csv, analysis.json and
+analysis_trees.json only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from grokking.errors import UserError
+from grokking.reports.html import Page
+from grokking.reports.modular import _slider
+
+
+def accuracy_figure(table: pd.DataFrame, stopping: dict | None) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=table.step, y=table.val_acc, name="in-distribution (val) accuracy")
+    fig.add_scatter(x=table.step, y=table.gen_acc, name="generalisation (gen) accuracy")
+    if stopping:
+        fig.add_vline(x=stopping["step_at_max_val"], line_dash="dash", line_color="grey",
+                      annotation_text=f"early stop (max val): gen {stopping['gen_at_max_val']:.0%}")
+        fig.add_vline(x=stopping["step_at_patience_stop"], line_dash="dot", line_color="grey",
+                      annotation_text=f"patience {stopping['patience']}: gen {stopping['gen_at_patience_stop']:.0%}",
+                      annotation_position="bottom right")
+    fig.update_layout(title="accuracy over training", xaxis_title="step", yaxis_range=[0, 1.02], height=420)
+    return fig
+
+
+def measures_figure(table: pd.DataFrame) -> go.Figure:
+    panels = [("weight_norm", "weight norm (L2, all parameters)"), ("attn_sparsity", "attention sparsity (-mean entropy)"),
+              ("tscore", "tscore (tree-structuredness)"), ("tparseval", "tparseval (bracketing F1 vs gold)")]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels])
+    for i, (col, _) in enumerate(panels):
+        if col in table:
+            fig.add_scatter(x=table.step, y=table[col], name=col, row=i // 2 + 1, col=i % 2 + 1)
+    for baseline, dash in (("tparseval_right_branching", "dash"), ("tparseval_left_branching", "dot")):
+        if baseline in table:
+            fig.add_scatter(x=table.step, y=table[baseline], name=baseline.removeprefix("tparseval_"), line_dash=dash, row=2, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=650)
+    return fig
+
+
+def head_entropy_figure(table: pd.DataFrame) -> go.Figure:
+    """Per-head entropy over steps: a global mean hides the heads that become sharp."""
+    heads = [c for c in table.columns if c.startswith("attn_entropy_l") and "h" in c.removeprefix("attn_entropy_l")]
+    fig = go.Figure()
+    for col in heads:
+        fig.add_scatter(x=table.step, y=table[col], name=col.removeprefix("attn_entropy_"), mode="lines")
+    fig.update_layout(title="attention entropy per head (layer l, head h)", xaxis_title="step", height=420)
+    return fig
+
+
+def sci_figure(trees: dict) -> go.Figure:
+    steps = list(trees)
+    fig = go.Figure()
+    for i, step in enumerate(steps):
+        words = trees[step]["words"]
+        chart = np.array(trees[step]["chart"], dtype=float)
+        chart[np.tril_indices_from(chart, -1)] = np.nan
+        fig.add_heatmap(z=chart, x=words, y=words, visible=i == len(steps) - 1, colorscale="Viridis", zmin=0, zmax=1)
+    fig.update_layout(title="SCI chart: span (start row, end column) contextual invariance", height=520,
+                      yaxis_autorange="reversed", sliders=_slider([int(s) for s in steps], 1))
+    return fig
+
+
+def write_structural_report(run_dir: Path) -> Path:
+    for name in ("analysis.csv", "analysis.json"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} has no {name}; run `grokking analyze {run_dir}` first")
+    table = pd.read_csv(run_dir / "analysis.csv")
+    summary = json.loads((run_dir / "analysis.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    stopping = summary.get("early_stopping")
+    page = Page(f"Structural grokking report: {config.get('preset') or run_dir.name} "
+                f"({config['task']['task']}, {config['model']['n_layers']} layers, seed {config['train']['seed']})")
+    final = table.iloc[-1]
+    page.section("Summary").table({
+        "run directory": str(run_dir.resolve()), "checkpoints analysed": len(table), "final step": int(final.step),
+        "final val / gen accuracy": f"{final.get('val_acc', float('nan')):.1%} / {final.get('gen_acc', float('nan')):.1%}",
+        **({f"early stopping: {k}": v for k, v in stopping.items()} if stopping else {}),
+        "analysis sample (training sentences)": summary.get("sample"),
+    })
+    page.section("In-distribution vs generalisation", "Early stopping on validation accuracy (dashed) against training on.")
+    page.figure(accuracy_figure(table, stopping))
+    page.section("Weight norm, attention sparsity and tree-structuredness").figure(measures_figure(table)).figure(head_entropy_figure(table))
+    trees_path = run_dir / "analysis_trees.json"
+    if trees_path.is_file():
+        trees = json.loads(trees_path.read_text())
+        page.section("Tree projection of one sentence", "Induced (greedy, as the paper) and CKY trees next to the gold parse, per step.")
+        page.table({f"step {s}": f"greedy {t['brackets']['greedy']} | cky {t['brackets']['cky']} | gold {t['brackets']['gold']} "
+                                 f"| tparseval {t['tparseval']['greedy']:.2f}" for s, t in trees.items()})
+        page.figure(sci_figure(trees))
+    out = run_dir / "report.html"
+    page.write(out)
+    return out
