@@ -31,9 +31,9 @@ def _shade_phases(fig: go.Figure, phases: dict, rows_cols: list[tuple[int, int]]
         if x0 is None or x1 is None:
             continue
         for row, col in targets:
+            label = {"annotation_text": PHASE_NAMES[i], "annotation_position": "top left", "annotation_font_size": 10}
             fig.add_vrect(x0=x0, x1=x1, fillcolor=PHASE_COLOURS[i], line_width=0, layer="below", row=row, col=col,
-                          annotation_text=PHASE_NAMES[i] if (row, col) == targets[0] else None,
-                          annotation_position="top left", annotation_font_size=10)
+                          **(label if (row, col) == targets[0] else {}))
 
 
 def loss_figure(table: pd.DataFrame, phases: dict) -> go.Figure:
