@@ -227,6 +227,8 @@ def _structural(task: str, paper: bool) -> RunConfig:
         tr.lr, tr.weight_decay, tr.warmup_steps, tr.batch_size = 1e-3, 0.1, 1_000, 64
         tr.steps, tr.eval_every, tr.checkpoint_every = 6_000, 250, 250
         t.eval_examples, t.max_len = 500, 64
+        if task == "dyck":  # sequences are ~2x longer than QF/TI, so half the steps fit the same CPU time
+            tr.steps = 3_000
     return cfg
 
 
@@ -236,7 +238,8 @@ PRESETS: dict[str, tuple[str, Any]] = {
                  lambda: _structural("question-formation", True)),
     "ti-paper": ("Murty et al. 2023 tense inflection: as qf-paper (GPU-sized)", lambda: _structural("tense-inflection", True)),
     "dyck-paper": ("Murty et al. 2023 Dyck-(20,10): as qf-paper, 400k steps (GPU-sized)", lambda: _structural("dyck", True)),
-    "qf-cpu": ("Question formation scaled to a 2-core CPU: 4 layers d128, wd 0.1, lr 1e-3 decaying over 6k steps",
+    "qf-cpu": ("Question formation scaled to a 2-core CPU (4 layers d128, wd 0.1, lr 1e-3 decaying over 6k steps). "
+               "NOT yet shown to grok: seed 0 reached val 100% at 750 steps, gen peaked at 44% and ended at 31%",
                lambda: _structural("question-formation", False)),
     "ti-cpu": ("Tense inflection scaled to a 2-core CPU (same recipe as qf-cpu)", lambda: _structural("tense-inflection", False)),
     "dyck-cpu": ("Dyck-(20,10) scaled to a 2-core CPU (same recipe as qf-cpu, sequences <= 64 tokens)", lambda: _structural("dyck", False)),

@@ -39,8 +39,7 @@ class StructuralPlan:
 
     def __init__(self, run: Run, sample: int):
         self.run, self.data = run, run.task
-        cfg = run.config.task
-        examples = self.data.task.splits(cfg.data_dir or None, seed=cfg.data_seed)["train"][:sample]
+        examples = self.data.train_examples[:sample]  # filtered like training, so they fit the context
         self.tokens = encode(examples, self.data.task.vocab).tokens
         self.sentences, self.gold_fn = _sentences(run.config.task.task, examples)
         self.metrics = run.metrics.set_index("step")

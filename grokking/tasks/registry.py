@@ -21,6 +21,7 @@ class LMRunData:
     """
 
     task: LMTask
+    train_examples: list[Example]  # after the max_len filter
     train: Encoded
     eval_sets: dict[str, list[Example]]
 
@@ -50,7 +51,7 @@ def build_lm_data(cfg: RunConfig) -> LMRunData:
     eval_sets = {"train": train[:n], "test": splits[test_split][:n], "val": splits["dev"][:n], "gen": splits["gen"][:n]}
     if t.max_len:
         eval_sets = {k: [ex for ex in v if len(ex.words) + 2 <= t.max_len] for k, v in eval_sets.items()}
-    return LMRunData(task, encode(train, task.vocab), eval_sets)
+    return LMRunData(task, train, encode(train, task.vocab), eval_sets)
 
 
 def build_task(cfg: RunConfig) -> ModularTask | LMRunData:
