@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,8 @@ def test_reanalysis_computes_only_missing_checkpoints(quick_run: Path, monkeypat
 @pytest.mark.slow
 def test_report_is_self_contained(quick_run: Path) -> None:
     page = write_report(quick_run).read_text()
-    assert "Plotly" in page and "cdn.plot.ly" not in page and "<script src=" not in page
+    # Offline: plotly.js is inlined and no script, stylesheet or image is fetched from elsewhere.
+    assert "Plotly.newPlot" in page and len(page) > 3_000_000
+    assert not re.search(r"<(script|link|img)[^>]*\b(src|href)=", page)
     for heading in ("Loss and accuracy", "Progress measures", "Fourier norms", "Neuron clusters", "Attention and neuron"):
         assert heading in page
