@@ -89,7 +89,7 @@ class ModularPlan:
     def finish(self, table: pd.DataFrame, good_steps: list[int]) -> dict:
         clusters = fourier.neuron_clusters(fourier.neuron_frequency_fractions(fourier.neuron_activations(self.final_model, self.task)))
         neurons = [int(torch.nonzero(clusters == k)[0]) for k in self.key_freqs if (clusters == k).any()][:4] or [0]
-        maps = self._maps(sorted(set(_spread(good_steps, N_MAP_STEPS)) | {self.final_step}), neurons)
+        maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), neurons)
         atomic_write(self.run.path / "analysis_maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
         return {
             "key_frequencies_from_embedding": fourier.key_frequencies_from_embedding(
@@ -112,7 +112,7 @@ class ModularPlan:
                 "attention_to_a": torch.stack(attn).half(), "neuron_acts": torch.stack(acts).half()}
 
 
-def _spread(steps: list[int], n: int) -> list[int]:
+def spread_steps(steps: list[int], n: int) -> list[int]:
     """`n` steps spread evenly over `steps` (first and last included)."""
     idx = torch.linspace(0, len(steps) - 1, min(n, len(steps))).round().long().unique()
     return [steps[i] for i in idx.tolist()]

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from grokking.analysis.early_stopping import early_stopping
+from grokking.analysis.progress import spread_steps
 from grokking.analysis.structural import attention_entropy, weight_norms
 from grokking.analysis.tree_projection import tree_measures, tree_projection_report
 from grokking.run import Run
@@ -63,8 +64,7 @@ class StructuralPlan:
     def finish(self, table: pd.DataFrame, good_steps: list[int]) -> dict:
         if self.sentences:
             trees = {}
-            idx = torch.linspace(0, len(good_steps) - 1, min(N_TREE_STEPS, len(good_steps))).round().long().unique()
-            for step in [good_steps[i] for i in idx.tolist()]:
+            for step in spread_steps(good_steps, N_TREE_STEPS):
                 report = tree_projection_report(self.run.model(step), self.sentences[0], self.data.task.vocab, self.gold_fn)
                 trees[str(step)] = {"words": report["words"], "chart": report["chart"].nan_to_num(0).tolist(),
                                     "brackets": report["brackets"], "tscore": report["tscore"], "tparseval": report["tparseval"]}

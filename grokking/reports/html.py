@@ -21,6 +21,17 @@ table.summary { border-collapse: collapse; } table.summary td, table.summary th 
 """
 
 
+def step_slider(steps: list[int], traces_per_step: int, prefix: str = "step ") -> list[dict]:
+    """A slider that shows the traces of one step at a time (traces are laid out step-major)."""
+    n = len(steps) * traces_per_step
+    options = []
+    for i, step in enumerate(steps):
+        visible = [False] * n
+        visible[i * traces_per_step : (i + 1) * traces_per_step] = [True] * traces_per_step
+        options.append({"method": "update", "label": str(step), "args": [{"visible": visible}]})
+    return [{"active": len(steps) - 1, "currentvalue": {"prefix": prefix}, "steps": options, "pad": {"t": 40}}]
+
+
 class Page:
     """An HTML page of headed sections, each with an optional note, a table and figures."""
 

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from safetensors.numpy import load_file
 
 from grokking.errors import UserError
-from grokking.reports.html import Page
+from grokking.reports.html import Page, step_slider
 
 PHASE_COLOURS = ("rgba(31,119,180,0.10)", "rgba(255,127,14,0.12)", "rgba(44,160,44,0.12)")
 PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
@@ -66,17 +66,6 @@ def progress_figure(table: pd.DataFrame, phases: dict) -> go.Figure:
     return fig
 
 
-def _slider(steps: list[int], traces_per_step: int, prefix: str = "step ") -> list[dict]:
-    """A slider that shows the traces of one step at a time (traces are laid out step-major)."""
-    n = len(steps) * traces_per_step
-    options = []
-    for i, step in enumerate(steps):
-        visible = [False] * n
-        visible[i * traces_per_step : (i + 1) * traces_per_step] = [True] * traces_per_step
-        options.append({"method": "update", "label": str(step), "args": [{"visible": visible}]})
-    return [{"active": len(steps) - 1, "currentvalue": {"prefix": prefix}, "steps": options, "pad": {"t": 40}}]
-
-
 def fourier_norms_figure(norms: pd.DataFrame, max_steps: int = 60) -> go.Figure:
     """W_E and W_L norms per frequency, with a step slider (the circuit sharpens into a few bars)."""
     all_steps = sorted(norms.step.unique())
@@ -90,7 +79,7 @@ def fourier_norms_figure(norms: pd.DataFrame, max_steps: int = 60) -> go.Figure:
             fig.add_bar(x=m.k, y=m.norm, name=f"{matrix}", visible=i == last, showlegend=False, row=1, col=col,
                         marker_color="#1f77b4" if matrix == "W_E" else "#ff7f0e")
     fig.update_xaxes(title_text="frequency k (0 = constant)")
-    fig.update_layout(height=450, sliders=_slider(steps, 2))
+    fig.update_layout(height=450, sliders=step_slider(steps, 2))
     return fig
 
 
@@ -116,7 +105,7 @@ def maps_figure(maps: dict[str, np.ndarray], key: str, labels: list[str], title:
                             coloraxis="coloraxis", row=1, col=j + 1)
     fig.update_xaxes(title_text="b")
     fig.update_yaxes(title_text="a", row=1, col=1)
-    fig.update_layout(title=title, height=380, sliders=_slider(steps, n_items), coloraxis={"colorscale": "RdBu_r"})
+    fig.update_layout(title=title, height=380, sliders=step_slider(steps, n_items), coloraxis={"colorscale": "RdBu_r"})
     return fig
 
 

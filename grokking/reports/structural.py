@@ -12,8 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from grokking.errors import UserError
-from grokking.reports.html import Page
-from grokking.reports.modular import _slider
+from grokking.reports.html import Page, step_slider
 
 
 def accuracy_figure(table: pd.DataFrame, stopping: dict | None) -> go.Figure:
@@ -64,7 +63,7 @@ def sci_figure(trees: dict) -> go.Figure:
         chart[np.tril_indices_from(chart, -1)] = np.nan
         fig.add_heatmap(z=chart, x=words, y=words, visible=i == len(steps) - 1, colorscale="Viridis", zmin=0, zmax=1)
     fig.update_layout(title="SCI chart: span (start row, end column) contextual invariance", height=520,
-                      yaxis_autorange="reversed", sliders=_slider([int(s) for s in steps], 1))
+                      yaxis_autorange="reversed", sliders=step_slider([int(s) for s in steps], 1))
     return fig
 
 
