@@ -194,7 +194,13 @@ class Transformer(HookedRootModule):
         return self.unembed.W_U
 
     def init_weights(self) -> None:
-        """'nanda': N(0, 1/d_model) as in the paper's code; 'tl': N(0, (0.8/sqrt(d_model))^2) like TransformerLens."""
+        """'nanda': N(0, 1/d_model) as in the paper's code; 'tl': N(0, (0.8/sqrt(d_model))^2) like TransformerLens;
+        'torch': PyTorch's module defaults (embeddings N(0, 1), weights U(+-1/sqrt(fan_in))), as in an
+        `nn.TransformerEncoder` LM. Why 'torch' matters: with sinusoidal positions (entries up to 1) the
+        smaller inits make token identity ~10x weaker than position at the input of a post-LN model."""
+        if self.cfg.init == "torch":
+            self._init_like_torch()
+            return
         std = (1.0 if self.cfg.init == "nanda" else 0.8) / math.sqrt(self.cfg.d_model)
         for name, param in self.named_parameters():
             if name.endswith((".w",)):
@@ -203,6 +209,20 @@ class Transformer(HookedRootModule):
                 nn.init.normal_(param, std=std)
         if not self.cfg.tied_embeddings and self.cfg.init == "nanda":
             nn.init.normal_(self.unembed.W_U, std=1.0 / math.sqrt(self.cfg.d_vocab_out))
+
+    def _init_like_torch(self) -> None:
+        fan_in = {"W_Q": "d_model", "W_K": "d_model", "W_V": "d_model", "W_in": "d_model", "W_U": "d_model",
+                  "W_out": "d_mlp"}
+        for name, param in self.named_parameters():
+            leaf = name.split(".")[-1]
+            if leaf in ("W_E", "W_pos"):
+                nn.init.normal_(param, std=1.0)
+            elif leaf == "W_O":
+                bound = 1.0 / math.sqrt(self.cfg.n_heads * self.cfg.d_head)
+                nn.init.uniform_(param, -bound, bound)
+            elif leaf in fan_in:
+                bound = 1.0 / math.sqrt(getattr(self.cfg, fan_in[leaf]))
+                nn.init.uniform_(param, -bound, bound)
 
     def residual_stream(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The final residual stream [batch, pos, d_model] (after ln_final for pre-LN models)."""
