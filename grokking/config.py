@@ -21,6 +21,7 @@ POSITIONALS = ("learned", "sinusoidal")
 OPERATIONS = ("add", "subtract", "x2xyy2", "random")
 INITS = ("nanda", "tl", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "auto")
 LR_SCHEDULES = ("constant", "linear")
 SPLITS = ("seeded", "python-shuffle")
 LM_TASK_NAMES = ("question-formation", "tense-inflection", "dyck")
@@ -82,6 +83,7 @@ class TrainConfig:
     dense_checkpoint_every: int = 0
     dense_until: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # bf16 runs the big matmuls in bfloat16; master weights, AdamW and the loss stay fp32/fp64
 
 
 @dataclass
@@ -153,6 +155,7 @@ class RunConfig:
         _check(tr.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {tr.checkpoint_every}")
         _check(tr.dense_checkpoint_every >= 0 and tr.dense_until >= 0, "dense_checkpoint_every and dense_until must be >= 0")
         _check(tr.device in DEVICES, f"device must be one of {DEVICES}, got '{tr.device}'")
+        _check(tr.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got '{tr.precision}'")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grokking.model import Transformer
+from grokking.precision import autocast
 
 
 def supports_tables(model: Transformer) -> bool:
@@ -23,10 +24,15 @@ def supports_tables(model: Transformer) -> bool:
     return cfg.n_layers == 1 and cfg.normalization == "none" and (cfg.dropout == 0 or not model.training)
 
 
-def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
-    """Logits [batch, d_vocab_out] at the last position; tables when exact, the hooked forward otherwise."""
+def last_position_logits(model: Transformer, tokens: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Logits [batch, d_vocab_out] at the last position; tables when exact, the hooked forward otherwise.
+
+    `dtype` (bfloat16) runs the MLP, which holds most of the FLOPs, in that dtype; the tables, the
+    residual stream and the unembedding stay fp32, so logits keep the precision that losses near 1e-7 need.
+    """
     if not supports_tables(model) or any(hp.has_hooks() for hp in model.hook_dict.values()):
-        return model(tokens)[:, -1]  # hooks expect full-position activations
+        with autocast(dtype, tokens.device):
+            return model(tokens)[:, -1].float()  # hooks expect full-position activations
     block = model.blocks[0]
     attn, mlp = block.attn, block.mlp
     n_batch, n_pos = tokens.shape
@@ -46,5 +52,11 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     gathered_values = F.embedding(rows, values.reshape(n_pos * n_vocab, -1)).view(n_batch, n_pos, n_heads, -1)
     z = (pattern.unsqueeze(-1) * gathered_values).sum(1).reshape(n_batch, -1)
     x = F.embedding(last, resid[-1]) + z @ attn.W_O.reshape(z.shape[1], -1) + attn.b_O
-    x = x + mlp(x)
+    x = x + (mlp(x) if dtype is None else _mlp_in(mlp, x, dtype))
     return x @ model.W_U + model.unembed.b_U
+
+
+def _mlp_in(mlp: torch.nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The MLP with inputs and weights cast once to `dtype`; its output returns to the residual's dtype."""
+    pre = x.to(dtype) @ mlp.W_in.to(dtype) + mlp.b_in.to(dtype)
+    return (mlp.act(pre) @ mlp.W_out.to(dtype) + mlp.b_out.to(dtype)).to(x.dtype)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from grokking.fast_forward import last_position_logits
 from grokking.model import Transformer
+from grokking.precision import autocast
 from grokking.tasks.lm_data import encode
 from grokking.tasks.modular import ModularTask
 from grokking.tasks.registry import LMRunData
@@ -37,8 +38,8 @@ def answer_loss_and_acc(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]
 class ModularObjective:
     """Cross-entropy at the answer position; full batch (one update per epoch) or sampled minibatches."""
 
-    def __init__(self, task: ModularTask, batch_size: int, device: torch.device):
-        self.batch_size = batch_size
+    def __init__(self, task: ModularTask, batch_size: int, device: torch.device, dtype: torch.dtype | None = None):
+        self.batch_size, self.dtype = batch_size, dtype
         self.train_tokens = task.tokens[task.train_idx].to(device)
         self.train_labels = task.labels[task.train_idx].to(device)
         self.test_tokens = task.tokens[task.test_idx].to(device)
@@ -50,12 +51,12 @@ class ModularObjective:
 
     def step_loss(self, model: Transformer, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor] | None]:
         if self.full_batch:
-            loss, acc = answer_loss_and_acc(last_position_logits(model, self.train_tokens), self.train_labels)
-            # Dropout would make these differ from an eval pass; full-batch runs without dropout reuse them.
-            free = None if model.cfg.dropout else {"train_loss": loss.detach(), "train_acc": acc}
+            loss, acc = answer_loss_and_acc(last_position_logits(model, self.train_tokens, self.dtype), self.train_labels)
+            # Dropout (or bf16) would make these differ from an fp32 eval pass; otherwise they are reused.
+            free = None if model.cfg.dropout or self.dtype else {"train_loss": loss.detach(), "train_acc": acc}
             return loss, free
         idx = torch.randint(len(self.train_labels), (self.batch_size,), generator=generator).to(self.train_labels.device)
-        loss, _ = answer_loss_and_acc(last_position_logits(model, self.train_tokens[idx]), self.train_labels[idx])
+        loss, _ = answer_loss_and_acc(last_position_logits(model, self.train_tokens[idx], self.dtype), self.train_labels[idx])
         return loss, None
 
     @torch.no_grad()
@@ -83,8 +84,8 @@ def lm_loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor) -> tu
 class LMObjective:
     """Causal-LM loss over `<sos> input target <eos>`; evaluation with the task's published metric."""
 
-    def __init__(self, data: LMRunData, batch_size: int, device: torch.device):
-        self.data, self.batch_size, self.device = data, batch_size, device
+    def __init__(self, data: LMRunData, batch_size: int, device: torch.device, dtype: torch.dtype | None = None):
+        self.data, self.batch_size, self.device, self.dtype = data, batch_size, device, dtype
         self.tokens = data.train.tokens.to(device)
         self.loss_mask = data.train.loss_mask.to(device)
         vocab = data.task.vocab
@@ -92,7 +93,8 @@ class LMObjective:
 
     def step_loss(self, model: Transformer, generator: torch.Generator) -> tuple[Tensor, None]:
         idx = torch.randint(len(self.tokens), (self.batch_size,), generator=generator).to(self.device)
-        loss, _ = lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
+        with autocast(self.dtype, self.device):
+            loss, _ = lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
         return loss, None
 
     @torch.no_grad()

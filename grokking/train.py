@@ -23,6 +23,7 @@ from grokking.config import RunConfig, TrainConfig
 from grokking.errors import UserError
 from grokking.model import Transformer, checkpoint_tensors
 from grokking.objectives import LMObjective, ModularObjective, Objective
+from grokking.precision import describe, resolve_precision
 from grokking.store import RunDir
 from grokking.tasks.modular import ModularTask
 from grokking.tasks.registry import build_task
@@ -87,8 +88,9 @@ class Trainer:
         self.cfg, self.run, self.device = cfg, run, device
         self.task = build_task(cfg)
         self.model = build_model(cfg, device)
-        self.objective: Objective = (ModularObjective(self.task, cfg.train.batch_size, device) if isinstance(self.task, ModularTask)
-                                     else LMObjective(self.task, cfg.train.batch_size, device))
+        self.dtype = resolve_precision(cfg.train.precision, device)
+        objective = ModularObjective if isinstance(self.task, ModularTask) else LMObjective
+        self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype)
         tr = cfg.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
         self.generator = torch.Generator().manual_seed(tr.seed + 1)
@@ -222,7 +224,7 @@ def train(cfg: RunConfig, out: str | Path, fresh: bool = False, progress: bool =
         raise
     if progress:
         state = f"resuming at step {trainer.step}" if trainer.step else "starting"
-        print(f"{cfg.preset or 'run'}: {state} on {device} -> {run.path}", flush=True)
+        print(f"{cfg.preset or 'run'}: {state} on {device} in {describe(trainer.dtype)} -> {run.path}", flush=True)
     start = time.perf_counter()
     trainer.fit(progress=progress)
     trainer.elapsed = time.perf_counter() - start

@@ -1,0 +1,38 @@
+"""Which dtype the training matmuls run in: the `precision` key (fp32, bf16 or auto).
+
+Why not a blanket `torch.autocast`: around a small model on CPU its per-op weight casts and small ops
+cost more than bf16 saves. So bf16 is applied where the FLOPs are: the 1-layer modular fast path casts
+its MLP once per step (fast_forward.py), and language models, whose matmuls are larger, use autocast.
+Master weights, AdamW state and the loss stay fp32/fp64, and evaluation always runs in fp32, so metrics
+and checkpoints mean the same thing in every precision.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """bf16 matmul hardware: a recent GPU, or a CPU with AMX or AVX-512 BF16 instructions."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The matmul dtype for a run: None for fp32, torch.bfloat16 for bf16 (and for auto on fast hardware)."""
+    if name == "bf16" or (name == "auto" and has_fast_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
+def describe(dtype: torch.dtype | None) -> str:
+    return "bf16 matmuls" if dtype == torch.bfloat16 else "fp32"
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContextManager:
+    """Autocast to `dtype` on `device`, or nothing for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
