@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/train_speed.py [--preset nanda-p113] [--steps 50]
 
 "plain" runs every position through the hooked model and takes the last position's logits, as a
-straightforward PyTorch loop would; "lab" is the step `grokking train` runs (the table fast path).
-Both use the same AdamW and float64 loss. "lab + eval/ckpt" adds the trainer's amortised cost of
-evaluating every `eval_every` steps and checkpointing every `checkpoint_every` steps.
+straightforward PyTorch loop would; "lab" is the step `grokking train` runs (the table fast path), in
+fp32 and in bf16 (`--set precision=bf16`). All use the same AdamW and float64 loss. "+ eval/ckpt" adds
+the trainer's amortised cost of evaluating every `eval_every` steps (always in fp32) and checkpointing
+every `checkpoint_every` steps.
 """
 
 from __future__ import annotations
@@ -51,21 +52,27 @@ def main() -> None:
         opt.step()
 
     results["plain"] = time_loop(plain_step, args.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, RunDir(tmp), torch.device("cpu"))
-    results["lab"] = time_loop(lambda: trainer.update(trainer.objective.step_loss(trainer.model, trainer.generator)[0]), args.steps)
     full_steps = cfg.train.steps
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg.train.steps = args.steps * 4
-        trainer = Trainer(cfg, RunDir(tmp), torch.device("cpu"))
-        start = time.perf_counter()
-        trainer.fit(progress=False)
-        results["lab + eval/ckpt"] = (time.perf_counter() - start) / cfg.train.steps * 1000
+    for precision in ("fp32", "bf16"):
+        cfg = preset_config(args.preset)
+        cfg.train.precision = precision
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(cfg, RunDir(tmp), torch.device("cpu"))
+        results[f"lab {precision}"] = time_loop(
+            lambda: trainer.update(trainer.objective.step_loss(trainer.model, trainer.generator)[0]), args.steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg.train.steps = args.steps * 4
+            trainer = Trainer(cfg, RunDir(tmp), torch.device("cpu"))
+            start = time.perf_counter()
+            trainer.fit(progress=False)
+            results[f"lab {precision} + eval/ckpt"] = (time.perf_counter() - start) / cfg.train.steps * 1000
     print(f"{args.preset}: {len(labels)} training examples, {torch.get_num_threads()} threads")
-    print(f"{'loop':<18}{'ms/step':>10}{'vs plain':>10}")
+    print(f"{'loop':<26}{'ms/step':>10}{'vs plain':>10}")
     for name, ms in results.items():
-        print(f"{name:<18}{ms:>10.1f}{results['plain'] / ms:>9.1f}x")
-    print(f"projected full run ({full_steps} steps) at 'lab + eval/ckpt': {results['lab + eval/ckpt'] * full_steps / 60_000:.1f} min")
+        print(f"{name:<26}{ms:>10.1f}{results['plain'] / ms:>9.1f}x")
+    for precision in ("fp32", "bf16"):
+        minutes = results[f"lab {precision} + eval/ckpt"] * full_steps / 60_000
+        print(f"projected full run ({full_steps} steps) in {precision}: {minutes:.1f} min")
 
 
 if __name__ == "__main__":
