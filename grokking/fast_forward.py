@@ -27,8 +27,9 @@ def supports_tables(model: Transformer) -> bool:
 def last_position_logits(model: Transformer, tokens: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Logits [batch, d_vocab_out] at the last position; tables when exact, the hooked forward otherwise.
 
-    `dtype` (bfloat16) runs the MLP, which holds most of the FLOPs, in that dtype; the tables, the
-    residual stream and the unembedding stay fp32, so logits keep the precision that losses near 1e-7 need.
+    `dtype` (bfloat16) runs every matmul after the tables (W_O, the MLP and the unembedding: nearly all
+    the FLOPs) in that dtype, each input and weight cast once per call. The tables, the softmax and the
+    residual stream stay fp32, logits come back as fp32 and the loss is taken in float64 by the caller.
     """
     if not supports_tables(model) or any(hp.has_hooks() for hp in model.hook_dict.values()):
         with autocast(dtype, tokens.device):
@@ -51,9 +52,16 @@ def last_position_logits(model: Transformer, tokens: Tensor, dtype: torch.dtype 
     # Mix values in d_head space and apply W_O once: a quarter of the memory traffic of mixing OV rows.
     gathered_values = F.embedding(rows, values.reshape(n_pos * n_vocab, -1)).view(n_batch, n_pos, n_heads, -1)
     z = (pattern.unsqueeze(-1) * gathered_values).sum(1).reshape(n_batch, -1)
-    x = F.embedding(last, resid[-1]) + z @ attn.W_O.reshape(z.shape[1], -1) + attn.b_O
+    x = F.embedding(last, resid[-1]) + _matmul(z, attn.W_O.reshape(z.shape[1], -1), dtype) + attn.b_O
     x = x + (mlp(x) if dtype is None else _mlp_in(mlp, x, dtype))
-    return x @ model.W_U + model.unembed.b_U
+    return _matmul(x, model.W_U, dtype) + model.unembed.b_U
+
+
+def _matmul(x: Tensor, weight: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """`x @ weight`, in `dtype` when given (both cast once), returned in x's dtype."""
+    if dtype is None:
+        return x @ weight
+    return (x.to(dtype) @ weight.to(dtype)).to(x.dtype)
 
 
 def _mlp_in(mlp: torch.nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
