@@ -27,12 +27,24 @@ class Objective(Protocol):
     def evaluate(self, model: Transformer, train_metrics: dict[str, Tensor] | None) -> dict[str, float]:
         """One metrics row (without `step`); `train_metrics` from `step_loss` avoids recomputing them."""
 
+    def sample(self, generator: torch.Generator) -> Tensor | None:
+        """This step's minibatch indices (None: the whole training set); the only randomness of a step."""
+
+    def batch_loss(self, model: Transformer, batch: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """`step_loss` on a batch drawn by `sample`."""
+
 
 def answer_loss_and_acc(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Cross-entropy in float64: losses reach 1e-7, where a float32 log-softmax would floor them."""
     loss = F.cross_entropy(logits.double(), labels)
     acc = (logits.argmax(-1) == labels).double().mean()
     return loss, acc
+
+
+def sample_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """A minibatch from the run's own generator (seeded by the run's seed), so a seed trained in a batch
+    of seeds draws exactly the minibatches of its solo run."""
+    return torch.randint(n, (batch_size,), generator=generator).to(device)
 
 
 class ModularObjective:
@@ -50,12 +62,20 @@ class ModularObjective:
         return self.batch_size == 0 or self.batch_size >= len(self.train_labels)
 
     def step_loss(self, model: Transformer, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor] | None]:
-        if self.full_batch:
-            loss, acc = answer_loss_and_acc(last_position_logits(model, self.train_tokens, self.dtype), self.train_labels)
-            # Dropout (or bf16) would make these differ from an fp32 eval pass; otherwise they are reused.
-            free = None if model.cfg.dropout or self.dtype else {"train_loss": loss.detach(), "train_acc": acc}
-            return loss, free
-        idx = torch.randint(len(self.train_labels), (self.batch_size,), generator=generator).to(self.train_labels.device)
+        return self.batch_loss(model, self.sample(generator))
+
+    def sample(self, generator: torch.Generator) -> Tensor | None:
+        """This step's minibatch indices, or None for the full batch."""
+        return None if self.full_batch else sample_indices(len(self.train_labels), self.batch_size, generator, self.train_labels.device)
+
+    def batch_loss(self, model: Transformer, idx: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """The loss on `idx` (None: every training pair); no randomness, so batched seeds can vmap it."""
+        if idx is None:
+            logits = last_position_logits(model, self.train_tokens, self.dtype)
+            if model.cfg.dropout or self.dtype:  # these would differ from an fp32 eval pass: evaluate() recomputes
+                return F.cross_entropy(logits.double(), self.train_labels), None
+            loss, acc = answer_loss_and_acc(logits, self.train_labels)
+            return loss, {"train_loss": loss.detach(), "train_acc": acc}
         loss, _ = answer_loss_and_acc(last_position_logits(model, self.train_tokens[idx], self.dtype), self.train_labels[idx])
         return loss, None
 
@@ -74,10 +94,20 @@ class ModularObjective:
 
 def lm_loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Next-token cross-entropy and accuracy over every non-pad position (trimmed to the longest row)."""
-    length = int(loss_mask.sum(1).max()) + 1
-    tokens, mask = tokens[:, :length], loss_mask[:, : length - 1]
-    logits = model(tokens)[:, :-1][mask]
-    targets = tokens[:, 1:][mask]
+    tokens, mask = trim_to_longest(tokens, loss_mask)
+    return next_token_loss_and_acc(model(tokens), tokens, mask)
+
+
+def trim_to_longest(tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the pad-only tail shared by every row ([..., pos]): a causal model's earlier logits do not depend on it."""
+    length = int(loss_mask.sum(-1).max()) + 1
+    return tokens[..., :length], loss_mask[..., : length - 1]
+
+
+def next_token_loss_and_acc(logits: Tensor, tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and accuracy of `logits` [batch, pos, vocab] at predicting `tokens` shifted by one, where `loss_mask`."""
+    logits = logits[:, :-1][loss_mask]
+    targets = tokens[:, 1:][loss_mask]
     return F.cross_entropy(logits.float(), targets), (logits.argmax(-1) == targets).float().mean()
 
 
@@ -92,7 +122,13 @@ class LMObjective:
         self.encoded_eval = {k: encode(v, vocab) for k, v in data.eval_sets.items() if k in ("train", "test") and v}
 
     def step_loss(self, model: Transformer, generator: torch.Generator) -> tuple[Tensor, None]:
-        idx = torch.randint(len(self.tokens), (self.batch_size,), generator=generator).to(self.device)
+        return self.batch_loss(model, self.sample(generator))
+
+    def sample(self, generator: torch.Generator) -> Tensor:
+        """This step's minibatch indices into the training sequences."""
+        return sample_indices(len(self.tokens), self.batch_size, generator, self.device)
+
+    def batch_loss(self, model: Transformer, idx: Tensor) -> tuple[Tensor, None]:
         with autocast(self.dtype, self.device):
             loss, _ = lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
         return loss, None
@@ -109,7 +145,7 @@ class LMObjective:
         def logits_fn(tokens: Tensor) -> Tensor:
             return model(tokens.to(self.device)).cpu()
 
-        for split in ("val", "gen"):
+        for split in self.data.scored_splits:
             scores = self.data.task.evaluate(logits_fn, self.data.eval_sets[split])
             row[f"{split}_acc"] = scores.pop("acc")
             row.update({f"{split}_{k}": v for k, v in scores.items()})

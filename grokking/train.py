@@ -12,9 +12,11 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -26,13 +28,13 @@ from grokking.objectives import LMObjective, ModularObjective, Objective
 from grokking.precision import describe, resolve_precision
 from grokking.store import RunDir
 from grokking.tasks.modular import ModularTask
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import LMRunData, build_task
 
 
 class TrainingInterrupted(Exception):
     """Raised after a clean stop on Ctrl-C / SIGTERM; the run can be resumed."""
 
-    def __init__(self, run_dir: Path, step: int):
+    def __init__(self, run_dir: Path | str, step: int):
         super().__init__(f"interrupted at step {step}; state saved in {run_dir}. Re-run the same command to resume.")
         self.step = step
 
@@ -81,31 +83,103 @@ def _stop_requests() -> Iterator[list[bool]]:
             signal.signal(sig, old)
 
 
+class Loop(Protocol):
+    """What `drive` runs: one run (`Trainer`) or many seeds at once (`grokking.batched.BatchedTrainer`)."""
+
+    step: int
+
+    def step_loss(self) -> tuple[torch.Tensor, Any]:
+        """The loss to minimise now and the train metrics it gives for free (or None)."""
+
+    def record(self, train_metrics: Any) -> str:
+        """Evaluate and append this step's metrics row(s); returns the progress-bar text."""
+
+    def checkpoint(self) -> None: ...
+
+    def save_resume(self) -> None: ...
+
+    def update(self, loss: torch.Tensor) -> None:
+        """One optimiser step from `loss`, then advance `step`."""
+
+
+def drive(loop: Loop, tr: TrainConfig, desc: str, where: Path | str, progress: bool) -> None:
+    """Train from `loop.step` to `tr.steps`: evaluate on the cadence, checkpoint on the schedule, stop between updates.
+
+    Written once for solo and batched training, so both write the same rows and checkpoints at the same steps.
+    """
+    bar = tqdm(total=tr.steps, initial=loop.step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    with _stop_requests() as stop, bar:
+        while True:
+            if stop[0]:
+                loop.save_resume()
+                raise TrainingInterrupted(where, loop.step)
+            evaluating = loop.step % tr.eval_every == 0 or loop.step == tr.steps
+            if loop.step == tr.steps:
+                loop.record(None)
+                if is_checkpoint_step(loop.step, tr):
+                    loop.checkpoint()
+                break
+            loss, train_metrics = loop.step_loss()
+            if evaluating:
+                bar.set_postfix_str(loop.record(train_metrics), refresh=False)
+            if is_checkpoint_step(loop.step, tr):
+                loop.checkpoint()
+            loop.update(loss)
+            bar.update(1)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, tr: TrainConfig,
+                   clip: Callable[[], None]) -> None:
+    """Backward, gradient clipping (`clip`, called only when `grad_clip` is set) and one AdamW step at `step`'s lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, tr)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if tr.grad_clip:
+        clip()
+    optimizer.step()
+
+
 class Trainer:
     """One run: builds task, model and optimiser from a config and drives them through the loop."""
 
-    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device):
+    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: ModularTask | LMRunData | None = None):
+        """`task`: data already built for this config (seeds trained together share one copy)."""
         self.cfg, self.run, self.device = cfg, run, device
-        self.task = build_task(cfg)
+        self.task = task if task is not None else build_task(cfg)
         self.model = build_model(cfg, device)
         self.dtype = resolve_precision(cfg.train.precision, device)
         objective = ModularObjective if isinstance(self.task, ModularTask) else LMObjective
         self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype)
-        tr = cfg.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
-        self.generator = torch.Generator().manual_seed(tr.seed + 1)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.step = 0
         self.elapsed = 0.0
+        self.last_row: dict[str, float] | None = None
+
+    @cached_property
+    def optimizer(self) -> torch.optim.AdamW:
+        """Built on first use: a seed trained in a batch never builds its own (the batch's AdamW holds its state)."""
+        tr = self.cfg.train
+        return torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
 
     # -- resume state ---------------------------------------------------------------------------
     def _param_names(self) -> list[str]:
         return [name for name, _ in self.model.named_parameters()]
 
+    def _moments(self) -> dict[str, dict[str, torch.Tensor]]:
+        """AdamW's state by parameter name (`step`, `exp_avg`, `exp_avg_sq`): the resume file's `opt.*` tensors."""
+        state = self.optimizer.state_dict()["state"]
+        return {name: state[index] for index, name in enumerate(self._param_names()) if index in state}
+
+    def _load_moments(self, moments: dict[str, dict[str, torch.Tensor]]) -> None:
+        state = {index: moments[name] for index, name in enumerate(self._param_names()) if name in moments}
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
     def save_resume(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        state = self.optimizer.state_dict()["state"]
-        for index, name in enumerate(self._param_names()):
-            for key, value in state.get(index, {}).items():
+        for name, moments in self._moments().items():
+            for key, value in moments.items():
                 tensors[f"opt.{name}.{key}"] = torch.as_tensor(value)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.batch"] = self.generator.get_state()
@@ -116,69 +190,47 @@ class Trainer:
     def load_resume(self) -> None:
         tensors, metadata = self.run.read_resume()
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for index, name in enumerate(self._param_names()):
-            moments = {key: tensors[f"opt.{name}.{key}"] for key in ("step", "exp_avg", "exp_avg_sq") if f"opt.{name}.{key}" in tensors}
-            if moments:
-                state[index] = moments
-        groups = self.optimizer.state_dict()["param_groups"]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        moments: dict[str, dict[str, torch.Tensor]] = {}
+        for name in self._param_names():
+            found = {key: tensors[f"opt.{name}.{key}"] for key in ("step", "exp_avg", "exp_avg_sq") if f"opt.{name}.{key}" in tensors}
+            if found:
+                moments[name] = found
+        self._load_moments(moments)
         torch.set_rng_state(tensors["rng.torch"])
         self.generator.set_state(tensors["rng.batch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.step = int(metadata["step"])
 
-    # -- the loop -------------------------------------------------------------------------------
-    def _record(self, train_metrics: dict[str, torch.Tensor] | None) -> dict[str, float]:
-        row = {"step": self.step, **self.objective.evaluate(self.model, train_metrics)}
-        self.run.append_metrics(row)
-        return row
+    # -- the loop (see `drive`) ------------------------------------------------------------------
+    def step_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return self.objective.step_loss(self.model, self.generator)
 
-    def _checkpoint(self) -> None:
+    def record(self, train_metrics: dict[str, torch.Tensor] | None) -> str:
+        self.last_row = {"step": self.step, **self.objective.evaluate(self.model, train_metrics)}
+        self.run.append_metrics(self.last_row)
+        return _postfix(self.last_row)
+
+    def checkpoint(self) -> None:
         self.run.write_checkpoint(self.step, checkpoint_tensors(self.model))
         self.save_resume()
 
     def update(self, loss: torch.Tensor) -> None:
         """One optimiser step from `loss` at the current step's learning rate, then advance the step."""
         tr = self.cfg.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, tr)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tr.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
-        self.optimizer.step()
+        optimizer_step(self.optimizer, loss, self.step, tr, lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip))
         self.step += 1
+
+    def prepare_fit(self) -> None:
+        """Drop metrics rows at or after the current step (a resumed run recomputes them) and enter train mode."""
+        self.run.truncate_metrics(before_step=self.step)
+        self.model.train()
 
     def fit(self, progress: bool = True) -> dict[str, float] | None:
         """Train from `self.step` to `steps`; returns the last metrics row."""
-        tr = self.cfg.train
-        self.run.truncate_metrics(before_step=self.step)
-        self.model.train()
-        last_row = None
-        bar = tqdm(total=tr.steps, initial=self.step, desc=self.cfg.preset or "train", unit="step",
-                   disable=not progress, dynamic_ncols=True, mininterval=0.5)
-        with _stop_requests() as stop, bar:
-            while True:
-                if stop[0]:
-                    self.save_resume()
-                    raise TrainingInterrupted(self.run.path, self.step)
-                evaluating = self.step % tr.eval_every == 0 or self.step == tr.steps
-                if self.step == tr.steps:
-                    last_row = self._record(None)
-                    if is_checkpoint_step(self.step, tr):
-                        self._checkpoint()
-                    break
-                loss, train_metrics = self.objective.step_loss(self.model, self.generator)
-                if evaluating:
-                    last_row = self._record(train_metrics)
-                    bar.set_postfix_str(_postfix(last_row), refresh=False)
-                if is_checkpoint_step(self.step, tr):
-                    self._checkpoint()
-                self.update(loss)
-                bar.update(1)
-        return last_row
+        self.prepare_fit()
+        drive(self, self.cfg.train, self.cfg.preset or "train", self.run.path, progress)
+        return self.last_row
 
 
 def _postfix(row: dict[str, float]) -> str:
@@ -198,6 +250,32 @@ def _same_run(stored: RunConfig, requested: RunConfig) -> bool:
     return a == b
 
 
+def load_existing(trainer: Trainer) -> None:
+    """Resume the trainer from its run directory when that holds this run; refuse a different or unresumable run."""
+    run = trainer.run
+    if not run.exists():
+        return
+    if not _same_run(run.read_config(), trainer.cfg):
+        raise UserError(f"{run.path} holds a different run; use another --out, or --fresh to overwrite it")
+    if run.resume_path.is_file():
+        trainer.load_resume()
+    elif run.checkpoint_steps():
+        raise UserError(f"{run.path} has checkpoints but no resume state (an imported run?); train into another --out")
+
+
+@contextmanager
+def removed_on_failure(paths: list[Path]) -> Iterator[None]:
+    """Nothing half-made: a failed start removes the run directories it created."""
+    created = [path for path in paths if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            if path.exists():
+                shutil.rmtree(path)
+        raise
+
+
 def train(cfg: RunConfig, out: str | Path, fresh: bool = False, progress: bool = True) -> Trainer:
     """Train into a run directory, resuming it when it already holds this run."""
     cfg.validate()
@@ -205,23 +283,11 @@ def train(cfg: RunConfig, out: str | Path, fresh: bool = False, progress: bool =
     device = resolve_device(cfg.train.device)
     if fresh and run.exists():
         run.clear()
-    created = not run.path.exists()
-    try:
+    with removed_on_failure([run.path]):
         trainer = Trainer(cfg, run, device)
-        if run.exists():
-            stored = run.read_config()
-            if not _same_run(stored, cfg):
-                raise UserError(f"{run.path} holds a different run; use another --out, or --fresh to overwrite it")
-            if run.resume_path.is_file():
-                trainer.load_resume()
-            elif run.checkpoint_steps():
-                raise UserError(f"{run.path} has checkpoints but no resume state (an imported run?); train into another --out")
+        load_existing(trainer)
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(cfg)
-    except BaseException:
-        if created and run.path.exists():
-            shutil.rmtree(run.path)  # nothing half-made: a failed start leaves no directory behind
-        raise
     if progress:
         state = f"resuming at step {trainer.step}" if trainer.step else "starting"
         print(f"{cfg.preset or 'run'}: {state} on {device} in {describe(trainer.dtype)} -> {run.path}", flush=True)
