@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from grokking.analysis import metrics as m
+from grokking.config import preset_config
+from grokking.errors import UserError
 from grokking.tasks import digit_addition as da
+from grokking.tasks.registry import build_task
 from grokking.tasks.lm_data import Example, encode
 
 # ---- string metrics ---------------------------------------------------------------------------------------
@@ -213,3 +216,67 @@ def test_digit_addition_scorer_with_an_oracle() -> None:
     assert off_by_one.metrics["exact_match"] == 0.0
     assert off_by_one.metrics["per_token_acc"] == 0.75
     assert off_by_one.metrics["edit_distance"] == 1.0
+
+
+# ---- target length, metric direction, the task's evaluation row ---------------------------------------------
+
+
+def test_prefix_metrics_vary_target_length() -> None:
+    targets = [[1, 2, 3, 4], [1, 2, 3, 4]]
+    preds = [[1, 2, 9, 4], [1, 2, 3, 4, 7]]  # a wrong third token; a right answer with an extra token
+    table = m.prefix_metrics(preds, targets, range(1, 5))
+    assert [table[f"exact_match_L{n}"] for n in range(1, 5)] == [1.0, 1.0, 0.5, 0.5]
+    assert [table[f"edit_distance_L{n}"] for n in range(1, 5)] == [0.0, 0.0, 0.5, 0.5]
+    # Beyond the L-th token nothing counts: at full length only the extra token separates the two metrics.
+    assert m.mean_exact_match(preds, targets) == 0.0 and m.mean_token_edit_distance(preds, targets) == 1.0
+    short = m.prefix_metrics([[]], [[5, 6]], [1, 2])  # empty output: all L tokens missing
+    assert short == {"exact_match_L1": 0.0, "edit_distance_L1": 1.0, "exact_match_L2": 0.0, "edit_distance_L2": 2.0}
+
+
+def test_metric_direction_and_oriented_emergence_score() -> None:
+    higher = ["test_exact_match", "per_token_acc", "test_log_likelihood", "test_acc", "subset_acc_k3", "excluded_loss",
+              "test_exact_match_L2"]
+    lower = ["test_edit_distance", "brier", "test_loss", "train_loss", "restricted_loss", "restricted_loss_k9", "test_edit_distance_L3"]
+    assert [m.metric_direction(n) for n in higher] == [1] * len(higher)
+    assert [m.metric_direction(n) for n in lower] == [-1] * len(lower)
+    scales = [1, 2, 3, 4]
+    falling_edit = [3.0, 2.9, 2.7, 0.0]  # improves sharply at the largest scale
+    assert m.oriented_emergence_score(scales, falling_edit, "test_edit_distance") > 0
+    assert m.oriented_emergence_score(scales, falling_edit, "test_edit_distance") == pytest.approx(
+        -m.emergence_score(scales, falling_edit))
+
+
+def test_digit_addition_evaluation_row() -> None:
+    """What an evaluation of a digit-addition run writes for one split: `acc` and every lens metric."""
+    examples = da.generate(2, seed=0, n_train=0, n_test=30)["test"]
+    row = da.evaluate(_oracle(examples, corrupt_last=True), examples, batch_size=7)
+    assert row["acc"] == row["exact_match"] == 0.0
+    assert row["exact_match_L1"] == row["exact_match_L2"] == 1.0 and row["exact_match_L3"] == 0.0
+    assert row["edit_distance_L3"] == row["edit_distance"] == 1.0
+    assert {"per_token_acc", "log_likelihood", "brier", "subset_acc_k5"} <= set(row)
+
+
+def test_progress_points() -> None:
+    steps = [0, 10, 20, 30, 40, 50]
+    assert m.progress_points(steps, [0.0, 0.0, 0.2, 0.6, 1.0, 1.0]) == [20.0, 30.0, 40.0]
+    assert m.progress_points(steps[::-1], [1.0, 1.0, 0.6, 0.2, 0.0, 0.0]) == [20.0, 30.0, 40.0]  # ordered by x
+    dip_then_rise = [-4.0, -16.0, -10.0, -2.0, -0.1, 0.0]  # a log-likelihood that first falls (memorisation)
+    assert m.progress_points(steps, dip_then_rise, (0.5, 0.9)) == [30.0, 40.0]
+    assert all(math.isnan(v) for v in m.progress_points(steps, [1.0, 0.5, 0.2, 0.1, 0.0, 0.0]))
+
+
+def test_digit_addition_config() -> None:
+    cfg = preset_config("addition-cpu")
+    cfg.validate()
+    assert (cfg.task.task, cfg.task.n_digits) == ("digit-addition", 3)
+    data = build_task(cfg)
+    assert len(data.train_examples) == cfg.task.n_train and len(data.eval_sets["test"]) == cfg.task.eval_examples
+    assert not {ex.input for ex in data.train_examples} & {ex.input for ex in data.eval_sets["test"]}
+    assert cfg.model.n_ctx == 2 * 3 + 2 + 4 + 2  # <sos> a + b = answer(n + 1) <eos>
+    for key, value, message in [("n_digits", "0", "n_digits must be in 1..9"), ("n_train", "0", "n_train must be >= 1"),
+                                ("n_train", "9900", "exceeds the 10000 distinct 2-digit pairs")]:
+        bad = preset_config("addition-cpu")
+        bad.set("n_digits", "2")
+        bad.set(key, value)
+        with pytest.raises(UserError, match=message):
+            bad.validate()

@@ -13,6 +13,7 @@ batched helpers return means over examples and `nan` for an empty batch.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
@@ -83,6 +84,25 @@ def mean_per_token_accuracy(preds: Sequence[Tokens], targets: Sequence[Tokens]) 
 def mean_token_edit_distance(preds: Sequence[Tokens], targets: Sequence[Tokens]) -> float:
     _check_paired(preds, targets)
     return _mean(float(token_edit_distance(p, t)) for p, t in zip(preds, targets))
+
+
+def prefix_metrics(preds: Sequence[Tokens], targets: Sequence[Tokens], lengths: Iterable[int]) -> dict[str, float]:
+    """Exact match and edit distance of the first L target tokens, for each target length L in `lengths`.
+
+    One model has one target length, so target length is varied by scoring prefixes: exact match of
+    pred[:L] against target[:L] and token edit distance between them. For digit addition written
+    least-significant digit first, the first L answer tokens are exactly the answer of L-digit addition
+    mod 10^L, a task of target length L. Anything after the L-th output token is ignored, so at the full
+    length these differ from `exact_match` / `token_edit_distance` only for outputs with extra tokens.
+    Keys: exact_match_L{L}, edit_distance_L{L}.
+    """
+    _check_paired(preds, targets)
+    pairs = [(_as_list(p), _as_list(t)) for p, t in zip(preds, targets)]
+    out: dict[str, float] = {}
+    for n in lengths:
+        out[f"exact_match_L{n}"] = _mean(float(p[:n] == t[:n]) for p, t in pairs)
+        out[f"edit_distance_L{n}"] = _mean(float(token_edit_distance(p[:n], t[:n])) for p, t in pairs)
+    return out
 
 
 # ---- probabilistic metrics ----------------------------------------------------------------------------
@@ -169,6 +189,46 @@ def emergence_score(x_scales: Sequence[float], y: Sequence[float]) -> float:
     spread = float(values.max() - values.min())
     scale = math.sqrt(float(np.median(np.diff(values) ** 2)))
     return sign * spread / scale if scale > 0 else sign * math.inf
+
+
+# Which way is better, by metric name (a `train_`/`test_` prefix and an `_L{n}`/`_k{n}` suffix are ignored).
+# The lens computes every emergence score on direction * metric, so a positive score always means "gets
+# better with scale (or training)" and the size of the score is comparable between metrics.
+LOWER_IS_BETTER = frozenset({"edit_distance", "brier", "loss", "restricted_loss"})
+
+
+def metric_direction(name: str) -> int:
+    """+1 if larger values of metric `name` are better, -1 if smaller ones are (edit distance, Brier, losses).
+
+    Excluded loss is +1: it is not a performance metric but a progress measure that *rises* as the
+    Fourier circuit replaces memorisation (Nanda et al.), so rising is progress.
+    """
+    base = re.sub(r"^(train|test|val|gen)_", "", name)
+    base = re.sub(r"_(L|k)\d+$", "", base)
+    return -1 if base in LOWER_IS_BETTER else 1
+
+
+def oriented_emergence_score(x_scales: Sequence[float], y: Sequence[float], name: str) -> float:
+    """`emergence_score` of metric `name` oriented so that better is up (see `metric_direction`)."""
+    return emergence_score(x_scales, [metric_direction(name) * v for v in y])
+
+
+def progress_points(x: Sequence[float], y: Sequence[float], fractions: Sequence[float] = (0.1, 0.5, 0.9)) -> list[float]:
+    """For each fraction f, the first x (in scale order) at which y has covered f of the way from its first
+    value to its best (largest) value; nan if y never rises above its first value.
+
+    The emergence score's denominator is the median step, so over checkpoints, where most steps sit on a
+    plateau, it rewards flatness as much as a jump. Where a metric moves, and how many steps its
+    10-90% rise takes, is the complementary reading: a progress measure that leads accuracy moves earlier.
+    Pass a higher-is-better series (see `metric_direction`).
+    """
+    order = np.argsort(np.asarray(x, dtype=float), kind="stable")
+    xs, values = np.asarray(x, dtype=float)[order], np.asarray(y, dtype=float)[order]
+    gain = values.max() - values[0]
+    if not gain > 0:
+        return [math.nan for _ in fractions]
+    covered = (values - values[0]) / gain
+    return [float(xs[np.argmax(covered >= f)]) for f in fractions]
 
 
 # ---- everything side by side ------------------------------------------------------------------------

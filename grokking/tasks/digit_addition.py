@@ -11,6 +11,9 @@ With n = 2, 47 + 35 = 82 is the sequence `<sos> 4 7 + 3 5 = 2 8 0 <eos>`:
   et al.'s 4-digit + 4-digit addition, and gives every sequence the same length.
 
 Vocabulary: `<pad>` 0, `<sos>` 1, `<eos>` 2, then `+`, the digits `0`..`9`, `=` (the shared `Vocab`).
+
+Trained like the other language tasks (`grokking train addition-cpu`; config keys `n_digits`, `n_train`, and
+`eval_examples` test pairs); every evaluation row scores the train and test splits with `evaluate`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from grokking.analysis.metrics import metric_table
-from grokking.tasks.lm_data import Example, LogitsFn, Vocab, draw_unique, encode, greedy_decode
+from grokking.analysis.metrics import metric_table, prefix_metrics
+from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, draw_unique, encode, greedy_decode
 
 DIGITS = tuple("0123456789")
 VOCAB = Vocab([*DIGITS, "+", "="])
@@ -92,7 +95,8 @@ def score(
     logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab = VOCAB, batch_size: int = 256
 ) -> AdditionScore:
     """Greedy-decode every answer (stopping at `<eos>` or one token past the target's length, so extra
-    tokens count against edit distance) and score the same model under every metric of `metric_table`;
+    tokens count against edit distance) and score the same model under every metric of `metric_table`,
+    plus exact match and edit distance of each answer prefix (`prefix_metrics`, the target-length lens);
     log-likelihood and Brier are teacher-forced at the answer digits."""
     if not examples:
         raise ValueError("no examples to score")
@@ -101,4 +105,27 @@ def score(
     decoded = greedy_decode(logits_fn, prefixes, max_new, vocab.eos_id, batch_size)
     logits, targets, mask = answer_logits(logits_fn, examples, vocab, batch_size)
     predictions = [" ".join(vocab.decode(ids)) for ids in decoded]
-    return AdditionScore(predictions, metric_table(decoded, logits, targets, mask))
+    gold = [vocab.encode(ex.target.split()) for ex in examples]
+    lengths = range(1, max(map(len, gold)) + 1)
+    return AdditionScore(predictions, metric_table(decoded, logits, targets, mask) | prefix_metrics(decoded, gold, lengths))
+
+
+def evaluate(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab = VOCAB, batch_size: int = 256) -> dict[str, float]:
+    """An evaluation row's part for these examples: `acc` (exact match, the headline) and every lens metric,
+    so the lens over training time and over scale can be read from metrics.csv alone."""
+    metrics = score(logits_fn, examples, vocab, batch_size).metrics
+    return {"acc": metrics["exact_match"], **metrics}
+
+
+def make_task(n_digits: int, n_train: int, n_test: int) -> LMTask:
+    """The task as training sees it. Generated in memory on every build (10k examples take ~0.2 s), so
+    unlike the synthetic languages it has no on-disk cache."""
+    return LMTask(
+        name="digit-addition",
+        file_stem="addition",
+        split_names=("train", "test"),
+        vocab=VOCAB,
+        params={"n_digits": n_digits, "n_train": n_train, "n_test": n_test},
+        generate=lambda seed: generate(n_digits, seed, n_train, n_test),
+        score=evaluate,
+    )

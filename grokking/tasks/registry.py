@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grokking.config import LM_TASK_NAMES, RunConfig
+from grokking.config import DIGIT_ADDITION, LM_TASK_NAMES, RunConfig
 from grokking.errors import UserError
+from grokking.tasks import digit_addition
 from grokking.tasks.lm_data import Encoded, Example, LMTask, encode, get_lm_task
 from grokking.tasks.modular import ModularTask
 
@@ -17,13 +18,15 @@ class LMRunData:
     `eval_sets` holds the first `eval_examples` lines of each split, so every evaluation scores the
     same sentences and curves are comparable across steps. `val` is the in-distribution dev split,
     `test` the in-distribution test split (dev again for Dyck, which has none), `gen` the held-out
-    structures.
+    structures. Every evaluation takes the LM loss on `train` and `test` and scores `scored_splits`
+    with the task's own metric (digit addition scores `train` and `test`: it has no val or gen split).
     """
 
     task: LMTask
     train_examples: list[Example]  # after the max_len filter
     train: Encoded
     eval_sets: dict[str, list[Example]]
+    scored_splits: tuple[str, ...] = ("val", "gen")
 
     @property
     def d_vocab(self) -> int:
@@ -54,13 +57,25 @@ def build_lm_data(cfg: RunConfig) -> LMRunData:
     return LMRunData(task, train, encode(train, task.vocab), eval_sets)
 
 
+def build_digit_addition_data(cfg: RunConfig) -> LMRunData:
+    """n-digit addition: `n_train` training pairs and a disjoint test set of `eval_examples` pairs."""
+    t = cfg.task
+    task = digit_addition.make_task(t.n_digits, t.n_train, t.eval_examples)
+    splits = task.generate(t.data_seed)
+    train = splits["train"]
+    eval_sets = {"train": train[: t.eval_examples], "test": splits["test"]}
+    return LMRunData(task, train, encode(train, task.vocab), eval_sets, scored_splits=("train", "test"))
+
+
 def build_task(cfg: RunConfig) -> ModularTask | LMRunData:
     """The task of a config; fills the model's vocabulary and context sizes from it."""
     if cfg.task.task == "modular":
         task: ModularTask | LMRunData = ModularTask.from_config(cfg.task)
     elif cfg.task.task in LM_TASK_NAMES:
         task = build_lm_data(cfg)
+    elif cfg.task.task == DIGIT_ADDITION:
+        task = build_digit_addition_data(cfg)
     else:
-        raise UserError(f"unknown task '{cfg.task.task}'; choose 'modular' or one of {', '.join(LM_TASK_NAMES)}")
+        raise UserError(f"unknown task '{cfg.task.task}'; choose 'modular', {', '.join(LM_TASK_NAMES)} or {DIGIT_ADDITION}")
     cfg.model.d_vocab, cfg.model.d_vocab_out, cfg.model.n_ctx = task.d_vocab, task.d_vocab_out, task.n_ctx
     return task

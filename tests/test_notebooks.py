@@ -1,0 +1,46 @@
+"""Every notebook runs top to bottom on a fresh clone: missing runs are trained into a temporary directory
+(GROKKING_NOTEBOOK_RUNS), shared by the notebooks so later ones reuse earlier ones' runs (04 reuses 01's
+`quick` run). Notebooks are committed without outputs, so diffs stay reviewable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def notebook_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    runs = tmp_path_factory.mktemp("notebook-runs")
+    with pytest.MonkeyPatch.context() as patch:  # the kernel inherits the environment
+        patch.setenv("GROKKING_NOTEBOOK_RUNS", str(runs))
+        patch.setenv("GROKKING_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+        yield runs
+
+
+def test_there_are_notebooks() -> None:
+    assert {"01_modular_addition.ipynb", "02_structural_grokking.ipynb", "04_metric_choice.ipynb"} <= {p.name for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: clear the outputs before committing"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_top_to_bottom(path: Path, notebook_runs: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    # Raises CellExecutionError, with the cell and its traceback, on the first error.
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == "error"]
+    assert not errors
