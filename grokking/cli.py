@@ -36,6 +36,8 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set key=value (repeatable).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over even if the run directory holds a run.")] = False,
+    batch_seeds: Annotated[Optional[int], typer.Option("--batch-seeds", help="Train N seeds (--seed, --seed+1, ...) as one batched "
+                                                       "model, each into its own run directory (--out DIR means DIR/seed{s}).")] = None,
 ) -> None:
     """Train a preset into a run directory; re-running on the same directory resumes it."""
     from grokking.config import preset_config
@@ -53,21 +55,29 @@ def train(
     if device is not None:
         cfg.set("device", device)
     cfg.validate()
-    out = out or Path("checkpoints") / f"{preset}-seed{cfg.train.seed}"
+    if batch_seeds is not None and batch_seeds < 1:
+        raise UserError(f"--batch-seeds must be at least 1, got {batch_seeds}")
 
     from grokking.train import TrainingInterrupted
     from grokking.train import train as run_training
 
     try:
-        trainer = run_training(cfg, out)
+        if batch_seeds is None:
+            trainers = [run_training(cfg, out or Path("checkpoints") / f"{preset}-seed{cfg.train.seed}", fresh=fresh)]
+        else:
+            from grokking.batched import default_outs, train_batched
+
+            seeds = list(range(cfg.train.seed, cfg.train.seed + batch_seeds))
+            trainers = train_batched(cfg, seeds, default_outs(preset, seeds, out), fresh=fresh)
     except TrainingInterrupted as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(130) from None
-    rows = trainer.run.read_metric_rows()
-    if rows:
-        last = rows[-1]
-        typer.echo(f"done: step {last['step']}, train acc {float(last['train_acc']):.1%}, test acc {float(last['test_acc']):.1%}, "
-                   f"test loss {float(last['test_loss']):.2e} ({trainer.elapsed:.0f} s) -> {out}")
+    for trainer in trainers:
+        rows = trainer.run.read_metric_rows()
+        if rows:
+            last = rows[-1]
+            typer.echo(f"done: step {last['step']}, train acc {float(last['train_acc']):.1%}, test acc {float(last['test_acc']):.1%}, "
+                       f"test loss {float(last['test_loss']):.2e} ({trainer.elapsed:.0f} s) -> {trainer.run.path}")
 
 
 @app.command()
@@ -134,6 +144,84 @@ def import_(
 
     run_dir = import_run(file, format_, out, p=p, frac_train=frac_train, data_seed=seed)
     typer.echo(f"imported {file} -> {run_dir}")
+
+
+@app.command("metric-lens")
+def metric_lens(path: Annotated[Path, typer.Argument(help="A sweep directory (sweep.json) or a run directory (a modular one analysed).")]) -> None:
+    """The metric-choice lens on emergence: PATH/metric_lens.html and metric_lens.csv (emergence score per metric)."""
+    import pandas as pd
+
+    from grokking.reports.metric_lens import write_metric_lens
+
+    page = write_metric_lens(path)
+    scores = pd.read_csv(path / "metric_lens.csv")
+    for row in scores[~scores.metric.str.contains(r"_L\d+$|_k\d+$")].itertuples():
+        typer.echo(f"{row.metric:<22} emergence score {row.emergence_score:+9.3g}  ({row.first:.3g} -> {row.last:.3g}; "
+                   f"10/50/90% of its rise by {row.axis} {row.x_10:g}/{row.x_50:g}/{row.x_90:g})")
+    typer.echo(f"metric lens: {page.resolve()}")
+
+
+@app.command()
+def sweep(
+    preset: Annotated[str, typer.Argument(help="Preset name (see `grokking presets`).")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="Swept key and values: --grid n_layers=2,4,6 (repeatable).")] = None,
+    seeds: Annotated[str, typer.Option(help="N for seeds 0..N-1, or a list such as 0,3,7.")] = "1",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fixed override for every run: --set key=value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Sweep directory [default: checkpoints/sweeps/PRESET-<grid keys>].")] = None,
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster host:port, or auto for `ray start`'s on this machine [default: a fresh local instance].")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option(help="Runs at once [local default 1, in-process; ray default: as many as fit].")] = None,
+    num_cpus: Annotated[float, typer.Option(help="CPUs per Ray task.")] = 1.0,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps of every run.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Train every grid setting x seed into SWEEP_DIR/runs/; re-running the same command resumes the sweep."""
+    from grokking.config import preset_config
+    from grokking.experiments.grid import parse_grid, parse_seeds, parse_sets
+
+    preset_config(preset)  # an unknown preset fails here, with the nearest name
+    grid_values, seed_list, sets = parse_grid(grid or [], preset), parse_seeds(seeds), parse_sets(set_ or [])
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor must be local or ray, got '{executor}'")
+    if address is not None and executor != "ray":
+        raise UserError("--address is for --executor ray")
+
+    if executor == "ray":
+        from grokking.experiments.ray_executor import RayExecutor
+
+        runner = RayExecutor(address, num_cpus=num_cpus, max_parallel=max_parallel)  # a wrong address fails here, fast
+    else:
+        from grokking.experiments.local import LocalExecutor
+
+        runner = LocalExecutor(max_parallel or 1)
+
+    from grokking.experiments.runner import SweepInterrupted, run_sweep
+    from grokking.experiments.sweep import SweepSpec
+
+    try:
+        result = run_sweep(SweepSpec(preset, grid_values, seed_list, sets, steps), out, runner, device=device)
+    except SweepInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(130) from None
+    failed = [r for r in result.runs if r.status == "failed"]
+    for run in failed:
+        typer.echo(f"failed: {run.name} (attempt {run.attempts}): {run.error}", err=True)
+    done = sum(r.status == "done" for r in result.runs)
+    typer.echo(f"sweep: {done} of {len(result.runs)} runs done -> {result.path}; next: grokking report-sweep {result.path}")
+    if failed:
+        typer.echo(f"{len(failed)} run(s) failed; re-run the same command to retry them", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("report-sweep")
+def report_sweep(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory written by `grokking sweep`.")],
+    patience: Annotated[int, typer.Option(help="Early-stopping patience: evaluations without a new best val accuracy.")] = 5,
+) -> None:
+    """Write SWEEP_DIR/report.html (self-contained), summary.csv (one row per setting) and runs.csv."""
+    from grokking.reports.sweep import write_sweep_report
+
+    typer.echo(f"sweep report: {write_sweep_report(sweep_dir, patience=patience).resolve()} (+ summary.csv, runs.csv)")
 
 
 def main() -> None:
