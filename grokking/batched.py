@@ -38,9 +38,9 @@ from grokking.train import Trainer, drive, load_existing, optimizer_step, remove
 
 # On a CPU one vmap over every seed makes each activation N times larger than the caches, so seeds are
 # vmapped a few at a time (`vmap(chunk_size=...)`): as many as keep the widest activation (examples x d_mlp)
-# under this many floats. Measured with 8 seeds, 1 thread, on the lab's (loaded) CPU, ms/step for 1/2/4/8
-# seeds per vmap: nanda-p113 fp32 767/791/799/941, bf16 474/543/701/813; quick fp32 305/299/232/233,
-# bf16 171/188/189/158. This picks 2 for nanda-p113 and 4 for quick.
+# under this many floats, which picks 2 for nanda-p113 and 4 for quick. Measured with 8 seeds on the lab's
+# CPU (2 threads, load ~1.5), ms/step with 1/2/4/8 seeds per vmap: nanda-p113 fp32 281/279/296/336,
+# bf16 181/175/195/239; quick fp32 93/82/79/80, bf16 69/59/56/59.
 CPU_CHUNK_FLOATS = 1 << 22
 
 

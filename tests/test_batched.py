@@ -18,6 +18,7 @@ from grokking.batched import open_batch, seed_config, train_batched
 from grokking.config import RunConfig
 from grokking.errors import UserError
 from grokking.model import Transformer
+from grokking.reports import write_report
 from grokking.train import train
 
 from conftest import tiny_config
@@ -170,3 +171,4 @@ def test_a_batched_seed_is_an_ordinary_run_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["checkpoints", "config.json", "metrics.csv", "resume.safetensors"]
     assert not list(tmp_path.glob("**/.*tmp*")), "no temporary files left behind"
     assert analyze(tmp_path / "s1", progress=False).step.tolist() == [0, 20]
+    assert "<html" in write_report(tmp_path / "s1").read_text()
