@@ -100,11 +100,14 @@ def analyze(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="An analysed run directory.")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="An analysed run directory.")],
+    patience: Annotated[int, typer.Option(help="Language runs: early-stopping patience, evaluations without a new best val accuracy.")] = 5,
+) -> None:
     """Write RUN_DIR/report.html: a self-contained page of plotly figures that opens offline."""
     from grokking.reports import write_report
 
-    typer.echo(f"report: {write_report(run_dir).resolve()}")
+    typer.echo(f"report: {write_report(run_dir, patience).resolve()}")
 
 
 @app.command()

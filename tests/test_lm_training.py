@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from grokking import load_run
+from grokking.analysis.early_stopping import early_stopping
 from grokking.analysis.progress import analyze
 from grokking.reports import write_report
 from grokking.config import preset_config
@@ -46,6 +47,12 @@ def test_a_tiny_lm_learns_question_formation_in_distribution(tmp_path: Path) -> 
     assert 0 <= table.tparseval.min() and table.tparseval.max() <= 1
     page = write_report(tmp_path / "qf").read_text()
     assert "SCI chart" in page and "early stop" in page
+    # The patience flag changes the report's early-stopping rule, computed from every evaluation in metrics.csv.
+    stopping = early_stopping(metrics, patience=1)
+    page = write_report(tmp_path / "qf", patience=1).read_text()
+    assert "patience 1 evaluations" in page
+    assert f"step {stopping.step_at_patience_stop}: gen {stopping.gen_at_patience_stop:.1%}" in page
+    assert f"step {stopping.final_step}: gen {last.gen_acc:.1%}" in page
 
 
 def test_lm_run_resumes_bit_identically(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from grokking.errors import UserError
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """RUN_DIR/report.html for any run: Fourier for modular runs, the metric lens for digit addition, structural otherwise."""
+def write_report(run_dir: str | Path, patience: int = 5) -> Path:
+    """RUN_DIR/report.html for any run: Fourier for modular runs, the metric lens for digit addition, structural otherwise
+    (`patience` is its early-stopping rule)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.json); pass the directory that `grokking train` wrote")
@@ -21,4 +22,4 @@ def write_report(run_dir: str | Path) -> Path:
         from grokking.reports.metric_lens import write_run_lens
         return write_run_lens(run_dir, "report.html")
     from grokking.reports.structural import write_structural_report
-    return write_structural_report(run_dir)
+    return write_structural_report(run_dir, patience)

@@ -1,5 +1,8 @@
-"""The structural-grokking report for language runs, built from analysis.csv, analysis.json and
-analysis_trees.json only."""
+"""The structural-grokking report for language runs, built from metrics.csv, analysis.csv and
+analysis_trees.json only.
+
+Early stopping is recomputed here from metrics.csv (every evaluation, not only the analysed
+checkpoints), so the patience is a report flag and needs no re-analysis."""
 
 from __future__ import annotations
 
@@ -11,19 +14,20 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from grokking.analysis.early_stopping import EarlyStopping, early_stopping
 from grokking.errors import UserError
 from grokking.reports.html import Page, step_slider
 
 
-def accuracy_figure(table: pd.DataFrame, stopping: dict | None) -> go.Figure:
+def accuracy_figure(metrics: pd.DataFrame, stopping: EarlyStopping | None) -> go.Figure:
     fig = go.Figure()
-    fig.add_scatter(x=table.step, y=table.val_acc, name="in-distribution (val) accuracy")
-    fig.add_scatter(x=table.step, y=table.gen_acc, name="generalisation (gen) accuracy")
+    fig.add_scatter(x=metrics.step, y=metrics.val_acc, name="in-distribution (val) accuracy")
+    fig.add_scatter(x=metrics.step, y=metrics.gen_acc, name="generalisation (gen) accuracy")
     if stopping:
-        fig.add_vline(x=stopping["step_at_max_val"], line_dash="dash", line_color="grey",
-                      annotation_text=f"early stop (max val): gen {stopping['gen_at_max_val']:.0%}")
-        fig.add_vline(x=stopping["step_at_patience_stop"], line_dash="dot", line_color="grey",
-                      annotation_text=f"patience {stopping['patience']}: gen {stopping['gen_at_patience_stop']:.0%}",
+        fig.add_vline(x=stopping.step_at_max_val, line_dash="dash", line_color="grey",
+                      annotation_text=f"early stop (max val): gen {stopping.gen_at_max_val:.0%}")
+        fig.add_vline(x=stopping.step_at_patience_stop, line_dash="dot", line_color="grey",
+                      annotation_text=f"patience {stopping.patience}: gen {stopping.gen_at_patience_stop:.0%}",
                       annotation_position="bottom right")
     fig.update_layout(title="accuracy over training", xaxis_title="step", yaxis_range=[0, 1.02], height=420)
     return fig
@@ -67,25 +71,43 @@ def sci_figure(trees: dict) -> go.Figure:
     return fig
 
 
-def write_structural_report(run_dir: Path) -> Path:
+def early_stopping_table(stopping: EarlyStopping) -> dict[str, str]:
+    """The early-stopping view against training on, in words a reader can scan."""
+    crossed = stopping.first_step_gen_above_80
+    return {
+        "first max val accuracy (early stop)": f"step {stopping.step_at_max_val}: gen {stopping.gen_at_max_val:.1%}",
+        f"patience {stopping.patience} evaluations": f"step {stopping.step_at_patience_stop}: gen {stopping.gen_at_patience_stop:.1%}",
+        "end of training": f"step {stopping.final_step}: gen {stopping.gen_at_end:.1%}",
+        "maximum gen accuracy": f"{stopping.max_gen:.1%}",
+        "gen accuracy first >= 80%": f"step {crossed}" if crossed is not None else "never",
+    }
+
+
+def write_structural_report(run_dir: Path, patience: int = 5) -> Path:
+    if patience < 1:
+        raise UserError(f"--patience must be >= 1 evaluations, got {patience}")
     for name in ("analysis.csv", "analysis.json"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}; run `grokking analyze {run_dir}` first")
     table = pd.read_csv(run_dir / "analysis.csv")
+    metrics = pd.read_csv(run_dir / "metrics.csv")
     summary = json.loads((run_dir / "analysis.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
-    stopping = summary.get("early_stopping")
+    stopping = early_stopping(metrics, patience) if "gen_acc" in metrics else None
     page = Page(f"Structural grokking report: {config.get('preset') or run_dir.name} "
                 f"({config['task']['task']}, {config['model']['n_layers']} layers, seed {config['train']['seed']})")
     final = table.iloc[-1]
     page.section("Summary").table({
         "run directory": str(run_dir.resolve()), "checkpoints analysed": len(table), "final step": int(final.step),
         "final val / gen accuracy": f"{final.get('val_acc', float('nan')):.1%} / {final.get('gen_acc', float('nan')):.1%}",
-        **({f"early stopping: {k}": v for k, v in stopping.items()} if stopping else {}),
         "analysis sample (training sentences)": summary.get("sample"),
     })
-    page.section("In-distribution vs generalisation", "Early stopping on validation accuracy (dashed) against training on.")
-    page.figure(accuracy_figure(table, stopping))
+    page.section("Early stopping vs extended training",
+                 "Where early stopping on in-distribution validation accuracy would have left this run (dashed: first "
+                 f"maximum; dotted: no new best for {patience} evaluations), against training on.")
+    if stopping:
+        page.table(early_stopping_table(stopping))
+    page.figure(accuracy_figure(metrics, stopping))
     page.section("Weight norm, attention sparsity and tree-structuredness").figure(measures_figure(table)).figure(head_entropy_figure(table))
     trees_path = run_dir / "analysis_trees.json"
     if trees_path.is_file():
