@@ -313,7 +313,21 @@ def test_qf_evaluate_with_controlled_model(qf_data):
     mixed = qf.TASK.evaluate(_oracle(vocab, main_aux), examples, batch_size=16)
     assert mixed["acc"] == 1.0 and mixed["first_aux_acc"] == 1.0
     gen = qf.TASK.evaluate(_oracle(vocab, first_aux), qf_data["gen"][:60], batch_size=16)
-    assert gen == {"acc": 0.0, "first_aux_acc": 0.0, "linear_rule_rate": 1.0}
+    assert gen == {"acc": 0.0, "first_aux_acc": 0.0, "linear_rule_rate": 1.0, "obj_rel_acc": 0.0, "subj_rel_acc": 0.0}
+
+    def main_aux_after_subject_gap(prefix: list[str]) -> str:
+        """Hierarchical on subject-gap relatives, linear on object-gap ones."""
+        words = prefix[: prefix.index(".")] if "." in prefix else None
+        if words and prefix[-1] == qf.QUEST and qf.subject_relative_gap(words) == "subj":
+            return main_aux(prefix)
+        return first_aux(prefix)
+
+    gen_examples = qf_data["gen"][:200]
+    gaps = [qf.subject_relative_gap(ex.input.split()) for ex in gen_examples]
+    assert set(gaps) == {"subj", "obj"}, "every gen subject has a relative clause, of both kinds"
+    split = qf.TASK.evaluate(_oracle(vocab, main_aux_after_subject_gap), gen_examples, batch_size=16)
+    assert split["subj_rel_acc"] == 1.0 and split["obj_rel_acc"] == 0.0
+    assert split["acc"] == pytest.approx(gaps.count("subj") / len(gaps))
     in_dist = [ex for ex in qf_data["dev"] if marker(ex) == qf.QUEST][:40]
     assert qf.TASK.evaluate(_oracle(vocab, first_aux), in_dist)["acc"] == 1.0
 

@@ -182,7 +182,9 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab, batch_
 
     `acc` (alias `first_aux_acc`, the paper's name) is the published number; `linear_rule_rate` is
     how often the model instead fronts the linearly first auxiliary (equal to acc in distribution, the
-    tell-tale of the non-hierarchical rule on gen).
+    tell-tale of the non-hierarchical rule on gen). Where subjects carry relative clauses (gen), acc is
+    also split by the clause's gap: `subj_rel_acc` (`my raven that doesn't sleep ...`) and `obj_rel_acc`
+    (`my raven that her newt doesn't amuse ...`), because models can master one kind and not the other.
     """
     questions = [ex for ex in examples if is_question(ex)]
     if not questions:
@@ -191,9 +193,28 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab, batch_
     aux_ids = vocab.encode(AUXILIARIES)
     picks = next_token_logits(logits_fn, prefixes, batch_size)[:, aux_ids].argmax(-1).tolist()
     preds = [AUXILIARIES[p] for p in picks]
-    acc = sum(qf_is_correct(p, ex) for p, ex in zip(preds, questions)) / len(questions)
+    correct = [qf_is_correct(p, ex) for p, ex in zip(preds, questions)]
+    acc = sum(correct) / len(questions)
     linear = sum(p == next(w for w in ex.input.split() if w in AUXILIARIES) for p, ex in zip(preds, questions))
-    return {"acc": acc, "first_aux_acc": acc, "linear_rule_rate": linear / len(questions)}
+    out = {"acc": acc, "first_aux_acc": acc, "linear_rule_rate": linear / len(questions)}
+    by_gap: dict[str, list[bool]] = {}
+    for ok, ex in zip(correct, questions):
+        if gap := subject_relative_gap(ex.input.split()):
+            by_gap.setdefault(f"{gap}_rel_acc", []).append(ok)
+    return out | {key: sum(oks) / len(oks) for key, oks in sorted(by_gap.items())}
+
+
+def subject_relative_gap(words: Sequence[str]) -> str | None:
+    """`subj` or `obj`: where the gap of the subject's relative clause is; None when the subject has none.
+
+    The subject ends at the first auxiliary unless a relative pronoun comes first; the word after the
+    pronoun is then an auxiliary (the clause lacks its subject) or a determiner (it lacks its object).
+    """
+    rel = next((i for i, w in enumerate(words) if w in RELS), None)
+    first_aux = next(i for i, w in enumerate(words) if w in AUXILIARIES)
+    if rel is None or rel > first_aux:
+        return None
+    return "subj" if words[rel + 1] in AUXILIARIES else "obj"
 
 
 def make_task(sizes: dict[str, int] = SIZES) -> LMTask:
