@@ -30,6 +30,7 @@ from grokking.reports.html import Page
 from grokking.store import atomic_write
 
 GROK_THRESHOLD = 0.99
+BARGAP = 0.2
 # Nanda et al., released frac_train sweep: epochs (= full-batch steps) until their stopping rule fired.
 PAPER_EPOCHS_BY_FRAC_TRAIN = {0.95: 970, 0.9: 1057, 0.8: 1339, 0.7: 897, 0.6: 1091, 0.5: 1618, 0.4: 3667,
                               0.3: 8996, 0.28: 16614, 0.25: 23276}
@@ -151,10 +152,14 @@ def early_vs_final_figure(t: SweepTables) -> go.Figure:
     fig.add_bar(x=x, y=s.gen_at_patience_stop_mean, name=f"early stop, patience {t.patience} (mean)")
     done = t.runs[t.runs.status == "done"]
     if "gen_at_end" in done:
-        seeds_x = [x[t.settings.index(label)] for label in done.setting]
+        # Over the first bar of each group: three bars share (1 - bargap) of the spacing between settings.
+        numeric = all(isinstance(v, (int, float)) for v in x)
+        spacing = min((b - a for a, b in zip(sorted(x), sorted(x)[1:])), default=1) if numeric else 1
+        shift = -(1 - BARGAP) * spacing / 3
+        seeds_x = [x[t.settings.index(label)] + shift if numeric else x[t.settings.index(label)] for label in done.setting]
         fig.add_scatter(x=seeds_x, y=done.gen_at_end, mode="markers", name="end of training, each seed",
                         marker={"color": "black", "size": 6}, text=done.name, hovertemplate="%{text}: %{y:.1%}<extra></extra>")
-    fig.update_layout(title="gen accuracy: extended training vs early stopping on validation accuracy", barmode="group",
+    fig.update_layout(title="gen accuracy: extended training vs early stopping on validation accuracy", barmode="group", bargap=BARGAP,
                       xaxis_title=" / ".join(t.keys), yaxis_title="gen accuracy", yaxis_range=[0, 1.05], height=460)
     return fig
 
