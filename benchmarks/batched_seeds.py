@@ -28,17 +28,15 @@ from pathlib import Path
 import torch
 
 from grokking.batched import BatchedTrainer, open_batch, train_batched
-from grokking.config import RunConfig, preset_config
+from grokking.config import RunConfig
+from grokking.experiments.grid import run_config
 from grokking.store import RunDir
 from grokking.train import Trainer, train
 
 
 def config(preset: str, precision: str, steps: int | None = None) -> RunConfig:
-    cfg = preset_config(preset)
-    cfg.train.precision = precision
-    if steps is not None:
-        cfg.train.steps = steps
-    return cfg
+    """The preset in `precision`, built as a sweep builds a run's config."""
+    return run_config(preset, {"precision": precision}, {}, steps)
 
 
 def child(kind: str, preset: str, seeds: int, precision: str, steps: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from grokking.batched import open_batch, train_batched
 from grokking.config import RunConfig, preset_config
+from grokking.experiments.grid import run_config
 from grokking.store import RunDir
 from grokking.tasks.registry import build_task
 from grokking.train import Trainer, build_model
@@ -37,11 +38,8 @@ def time_loop(step_fn: Callable[[], None], steps: int, warmup: int = 5) -> float
 
 
 def config(preset: str, precision: str, steps: int | None = None) -> RunConfig:
-    cfg = preset_config(preset)
-    cfg.train.precision = precision
-    if steps is not None:
-        cfg.train.steps = steps
-    return cfg
+    """The preset in `precision`, built as a sweep builds a run's config."""
+    return run_config(preset, {"precision": precision}, {}, steps)
 
 
 def main() -> None:

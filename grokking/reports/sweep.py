@@ -164,18 +164,27 @@ def early_vs_final_figure(t: SweepTables) -> go.Figure:
     return fig
 
 
-def gen_curves_figure(t: SweepTables) -> go.Figure:
-    fig = go.Figure()
-    shown: set[str] = set()
+def _add_run_curves(fig: go.Figure, t: SweepTables, column: str, label: str,
+                    opacity: float | None = None) -> list[tuple[pd.Series, str]]:
+    """One line of `column` over steps per run with metrics, coloured and legend-grouped by setting;
+    returns each plotted run's row and colour, for marks on top."""
+    plotted, shown = [], set()
     for _, row in t.runs.iterrows():
         m = t.metrics.get(row["name"])
         if m is None:
             continue
         colour = _colour(t.settings.index(row.setting))
-        fig.add_scatter(x=m.step, y=m.gen_acc, mode="lines", name=row.setting, legendgroup=row.setting,
-                        showlegend=row.setting not in shown, line={"color": colour, "width": 1.5}, opacity=0.8,
-                        hovertemplate=f"{row['name']}<br>step %{{x}}: gen %{{y:.1%}}<extra></extra>")
+        fig.add_scatter(x=m.step, y=m[column], mode="lines", name=row.setting, legendgroup=row.setting,
+                        showlegend=row.setting not in shown, line={"color": colour, "width": 1.5}, opacity=opacity,
+                        hovertemplate=f"{row['name']}<br>step %{{x}}: {label} %{{y:.1%}}<extra></extra>")
         shown.add(row.setting)
+        plotted.append((row, colour))
+    return plotted
+
+
+def gen_curves_figure(t: SweepTables) -> go.Figure:
+    fig = go.Figure()
+    for row, colour in _add_run_curves(fig, t, "gen_acc", "gen", opacity=0.8):
         for step, gen, symbol, what in ((row.step_at_max_val, row.gen_at_max_val, "x", "first max val"),
                                         (row.step_at_patience_stop, row.gen_at_patience_stop, "diamond", f"patience {t.patience}")):
             fig.add_scatter(x=[step], y=[gen], mode="markers", marker={"symbol": symbol, "size": 10, "color": colour},
@@ -221,15 +230,7 @@ def grok_step_figure(t: SweepTables) -> go.Figure:
 
 def test_curves_figure(t: SweepTables) -> go.Figure:
     fig = go.Figure()
-    shown: set[str] = set()
-    for _, row in t.runs.iterrows():
-        m = t.metrics.get(row["name"])
-        if m is None:
-            continue
-        fig.add_scatter(x=m.step, y=m.test_acc, mode="lines", name=row.setting, legendgroup=row.setting,
-                        showlegend=row.setting not in shown, line={"color": _colour(t.settings.index(row.setting)), "width": 1.5},
-                        hovertemplate=f"{row['name']}<br>step %{{x}}: test %{{y:.1%}}<extra></extra>")
-        shown.add(row.setting)
+    _add_run_curves(fig, t, "test_acc", "test")
     fig.update_layout(title="test accuracy over training, every run", xaxis_title="step", yaxis_title="test accuracy",
                       yaxis_range=[0, 1.02], height=480)
     return fig
