@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from grokking.allocator import keep_freed_memory
 from grokking.config import RunConfig, TrainConfig
 from grokking.errors import UserError
 from grokking.model import Transformer, checkpoint_tensors
@@ -145,6 +146,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: ModularTask | LMRunData | None = None):
         """`task`: data already built for this config (seeds trained together share one copy)."""
+        keep_freed_memory()
         self.cfg, self.run, self.device = cfg, run, device
         self.task = task if task is not None else build_task(cfg)
         self.model = build_model(cfg, device)
