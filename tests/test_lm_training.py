@@ -19,7 +19,7 @@ def tiny_lm(task_preset: str = "qf-cpu", **overrides: str):
     cfg = preset_config(task_preset)
     for key, value in {"n_layers": "2", "d_model": "64", "n_heads": "2", "d_head": "32", "d_mlp": "128",
                        "batch_size": "32", "warmup_steps": "50", "steps": "600", "eval_every": "150",
-                       "checkpoint_every": "150", "eval_examples": "200", "lr": "3e-3", **overrides}.items():
+                       "checkpoint_every": "150", "eval_examples": "200", "lr": "3e-3", "precision": "fp32", **overrides}.items():
         cfg.set(key, value)
     return cfg
 
