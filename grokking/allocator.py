@@ -4,7 +4,7 @@ Why: glibc serves every allocation above its mmap threshold with a fresh `mmap` 
 `free`. A training step allocates the same few-MB activations every time, so each step page-faults
 all of them in again: ~1,600 minor faults and ~3 ms of kernel time per `nanda-p113` step on a 2-core
 CPU. Raising glibc's mmap and trim thresholds once makes those blocks come from, and go back to, the
-heap (`benchmarks/train_speed.py` and the README give the measured effect). Elsewhere (macOS, musl,
+heap (`benchmarks/allocator_effect.py` measures the effect; the README has the figures). Elsewhere (macOS, musl,
 Windows) this does nothing.
 """
 

@@ -12,8 +12,8 @@ import pytest
 # every 8 MB tensor is a fresh mmap unless keep_freed_memory() has raised the threshold.
 FAULTS_PER_ROUND = """
 import ctypes, resource, sys, torch
-from grokking.allocator import keep_freed_memory
-assert ctypes.CDLL(None).mallopt(-3, 128 * 1024) == 1
+from grokking.allocator import _M_MMAP_THRESHOLD, keep_freed_memory
+assert ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024) == 1
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():
