@@ -277,7 +277,7 @@ PRESETS: dict[str, tuple[str, Any]] = {
                lambda: _structural("tense-inflection", False)),
     "dyck-cpu": ("Dyck-(20,10) scaled to a 2-core CPU (as ti-cpu, 3k steps, training sequences <= 64 tokens). Does NOT show "
                  "structural grokking: gen (unseen structures) rises with val, no delay; on 2k training strings gen stays "
-                 "~16 points below val. docs/structural-cpu.md",
+                 "13-20 points below val. docs/structural-cpu.md",
                  lambda: _structural("dyck", False)),
     "addition-cpu": ("3-digit + 3-digit addition as a causal LM (answer least-significant digit first), 2 layers d64, "
                      "10k training / 500 test pairs, lr 3e-3, 1.5k steps: the metric-lens model; ~1 min on one core", _addition_cpu),
