@@ -2,9 +2,9 @@
 
 Step s means "the weights after s updates". Metrics and checkpoints at step s describe those weights,
 so `step_0000000` is the initialisation and the last checkpoint is at `steps`. The resume file holds
-the weights, AdamW moments and RNG states at its step; a resumed run is bit-identical on CPU to one
-that was never stopped (tested). Ctrl-C (or SIGTERM) finishes the current update, saves the resume
-state and exits; SIGKILL loses at most the updates since the last checkpoint.
+the weights, AdamW moments, RNG states and the gradient filter's state (if any) at its step; a resumed
+run is bit-identical on CPU to one that was never stopped (tested). Ctrl-C (or SIGTERM) finishes the
+current update, saves the resume state and exits; SIGKILL loses at most the updates since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,10 +24,13 @@ from tqdm.auto import tqdm
 from grokking.allocator import keep_freed_memory
 from grokking.config import RunConfig, TrainConfig
 from grokking.errors import UserError
+from grokking.grad_filter import GradFilter, filter_tensors, make_filter
+from grokking.icl_objective import ICLObjective
 from grokking.model import Transformer, checkpoint_tensors
 from grokking.objectives import LMObjective, ModularObjective, Objective
 from grokking.precision import describe, resolve_precision
 from grokking.store import RunDir
+from grokking.tasks.icl_functions import ICLTask
 from grokking.tasks.modular import ModularTask
 from grokking.tasks.registry import LMRunData, build_task
 
@@ -120,22 +123,25 @@ def drive(loop: Loop, tr: TrainConfig, desc: str, where: Path | str, progress: b
                 if is_checkpoint_step(loop.step, tr):
                     loop.checkpoint()
                 break
+            if is_checkpoint_step(loop.step, tr):
+                loop.checkpoint()  # before the step draws its minibatch and dropout masks, so a resume replays them
             loss, train_metrics = loop.step_loss()
             if evaluating:
                 bar.set_postfix_str(loop.record(train_metrics), refresh=False)
-            if is_checkpoint_step(loop.step, tr):
-                loop.checkpoint()
             loop.update(loss)
             bar.update(1)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, tr: TrainConfig,
-                   clip: Callable[[], None]) -> None:
-    """Backward, gradient clipping (`clip`, called only when `grad_clip` is set) and one AdamW step at `step`'s lr."""
+                   clip: Callable[[], None], grad_filter: GradFilter | None = None) -> None:
+    """Backward, the gradient filter (if any), gradient clipping (`clip`, called only when `grad_clip` is set)
+    and one AdamW step at `step`'s lr. The filter comes before clipping, so `grad_clip` bounds the step taken."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, tr)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_filter is not None:
+        grad_filter()
     if tr.grad_clip:
         clip()
     optimizer.step()
@@ -152,6 +158,8 @@ class Trainer:
         self.model = build_model(cfg, device)
         self.dtype = resolve_precision(cfg.train.precision, device)
         objective = ModularObjective if isinstance(self.task, ModularTask) else LMObjective
+        if isinstance(self.task, ICLTask):
+            objective = ICLObjective
         self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.step = 0
@@ -163,6 +171,11 @@ class Trainer:
         """Built on first use: a seed trained in a batch never builds its own (the batch's AdamW holds its state)."""
         tr = self.cfg.train
         return torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
+
+    @cached_property
+    def grad_filter(self) -> GradFilter | None:
+        """The Grokfast filter (None for `grad_filter=none`); built on first use, as the optimizer is."""
+        return make_filter(self.cfg.train, dict(self.model.named_parameters()))
 
     # -- resume state ---------------------------------------------------------------------------
     def _param_names(self) -> list[str]:
@@ -178,11 +191,20 @@ class Trainer:
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
+    def _filter_state(self) -> dict[str, torch.Tensor]:
+        """The gradient filter's state: the resume file's `filter.*` tensors (none without a filter)."""
+        return self.grad_filter.state() if self.grad_filter is not None else {}
+
+    def _load_filter(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.grad_filter is not None:
+            self.grad_filter.load(tensors)
+
     def save_resume(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         for name, moments in self._moments().items():
             for key, value in moments.items():
                 tensors[f"opt.{name}.{key}"] = torch.as_tensor(value)
+        tensors.update(self._filter_state())
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.batch"] = self.generator.get_state()
         if self.device.type == "cuda":
@@ -198,6 +220,7 @@ class Trainer:
             if found:
                 moments[name] = found
         self._load_moments(moments)
+        self._load_filter(filter_tensors(tensors))
         torch.set_rng_state(tensors["rng.torch"])
         self.generator.set_state(tensors["rng.batch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -206,6 +229,9 @@ class Trainer:
 
     # -- the loop (see `drive`) ------------------------------------------------------------------
     def step_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        set_step = getattr(self.objective, "set_step", None)  # objectives whose batches follow a curriculum
+        if set_step is not None:
+            set_step(self.step)
         return self.objective.step_loss(self.model, self.generator)
 
     def record(self, train_metrics: dict[str, torch.Tensor] | None) -> str:
@@ -214,13 +240,16 @@ class Trainer:
         return _postfix(self.last_row)
 
     def checkpoint(self) -> None:
-        self.run.write_checkpoint(self.step, checkpoint_tensors(self.model))
+        """Resume state first: killed in between, the run resumes at this step and writes the checkpoint again,
+        whereas a checkpoint without resume state (killed after step 0's) would leave a run that cannot resume."""
         self.save_resume()
+        self.run.write_checkpoint(self.step, checkpoint_tensors(self.model))
 
     def update(self, loss: torch.Tensor) -> None:
         """One optimiser step from `loss` at the current step's learning rate, then advance the step."""
         tr = self.cfg.train
-        optimizer_step(self.optimizer, loss, self.step, tr, lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip))
+        optimizer_step(self.optimizer, loss, self.step, tr, lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip),
+                       self.grad_filter)
         self.step += 1
 
     def prepare_fit(self) -> None:
@@ -236,6 +265,8 @@ class Trainer:
 
 
 def _postfix(row: dict[str, float]) -> str:
+    if "train_acc" not in row:  # regression (icl-functions): losses only
+        return f"train {row['train_loss']:.2e} test {row['test_loss']:.3f}"
     text = f"train {row['train_loss']:.2e} ({row['train_acc']:.0%}) test {row['test_loss']:.2e} ({row['test_acc']:.0%})"
     if "gen_acc" in row:
         text += f" val {row['val_acc']:.0%} gen {row['gen_acc']:.0%}"
@@ -283,17 +314,19 @@ def train(cfg: RunConfig, out: str | Path, fresh: bool = False, progress: bool =
     cfg.validate()
     run = RunDir(out)
     device = resolve_device(cfg.train.device)
-    if fresh and run.exists():
-        run.clear()
-    with removed_on_failure([run.path]):
-        trainer = Trainer(cfg, run, device)
-        load_existing(trainer)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_config(cfg)
-    if progress:
-        state = f"resuming at step {trainer.step}" if trainer.step else "starting"
-        print(f"{cfg.preset or 'run'}: {state} on {device} in {describe(trainer.dtype)} -> {run.path}", flush=True)
-    start = time.perf_counter()
-    trainer.fit(progress=progress)
-    trainer.elapsed = time.perf_counter() - start
+    with ExitStack() as held:
+        with removed_on_failure([run.path]):
+            # One writer per run directory, from before --fresh clears it to the last row (store.directory_lock).
+            held.enter_context(run.locked("`grokking train`"))
+            if fresh and run.exists():
+                run.clear()
+            trainer = Trainer(cfg, run, device)
+            load_existing(trainer)
+            run.write_config(cfg)
+        if progress:
+            state = f"resuming at step {trainer.step}" if trainer.step else "starting"
+            print(f"{cfg.preset or 'run'}: {state} on {device} in {describe(trainer.dtype)} -> {run.path}", flush=True)
+        start = time.perf_counter()
+        trainer.fit(progress=progress)
+        trainer.elapsed = time.perf_counter() - start
     return trainer

@@ -8,9 +8,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
+from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
+from test_train import CLI, TINY_SETS, _wait_for_checkpoints, assert_bit_identical
 
 from grokking import load_run
 from grokking.analysis.progress import analyze
@@ -22,8 +23,6 @@ from grokking.reports import write_report
 from grokking.train import train
 
 from conftest import tiny_config
-from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import CLI, TINY_SETS, _wait_for_checkpoints, assert_bit_identical
 
 
 def train_both(cfg: RunConfig, seeds: list[int], root: Path) -> None:
@@ -33,26 +32,45 @@ def train_both(cfg: RunConfig, seeds: list[int], root: Path) -> None:
         train(seed_config(cfg, s), root / "solo" / f"seed{s}", progress=False)
 
 
-def assert_matches_solo(root: Path, seed: int, atol: float = 1e-6, loose: tuple[str, ...] = ()) -> None:
-    """The same config, metrics rows, and weights at every checkpoint of the solo run (to `atol`)."""
+def assert_matches_solo(root: Path, seed: int, loss_rtol: float, weight_atol: float, acc_atol: float = 0.0,
+                        loose: tuple[str, ...] = ()) -> None:
+    """The same config and checkpoint steps as the solo run; losses, accuracies and weights within the given bounds.
+
+    Callers pass bounds measured by `benchmarks/tolerance_bounds.py` under every kernel set this lab's CPUs run
+    (docs/results/test-suite.md), so a bound that holds on one CPU holds on the others.
+    """
     batched, solo = load_run(root / "batched" / f"seed{seed}"), load_run(root / "solo" / f"seed{seed}")
     assert batched.config.to_dict() == solo.config.to_dict()
     assert batched.config.train.seed == seed
     assert set(solo.steps) <= set(batched.steps)
-    pd.testing.assert_frame_equal(batched.metrics, solo.metrics, rtol=1e-6, atol=1e-9)
+    assert list(batched.metrics.columns) == list(solo.metrics.columns)
+    assert batched.metrics.step.tolist() == solo.metrics.step.tolist()
+    for column in solo.metrics.columns.drop("step"):
+        a, b = batched.metrics[column].to_numpy(), solo.metrics[column].to_numpy()
+        if column.endswith("acc"):
+            assert abs(a - b).max() <= acc_atol, column
+        else:
+            assert (abs(a - b) <= loss_rtol * abs(b)).all(), f"{column}: {a} vs {b}"
     for step in solo.steps:
         wb, ws = batched.weights(step), solo.weights(step)
         assert wb.keys() == ws.keys()
         for name in wb:
             if not name.endswith(loose):
-                torch.testing.assert_close(wb[name], ws[name], rtol=0, atol=atol, msg=f"{name} at step {step}")
+                torch.testing.assert_close(wb[name], ws[name], rtol=0, atol=weight_atol, msg=f"{name} at step {step}")
+
+
+# Modular seeds run the same table fast path under vmap as solo. Measured (benchmarks/tolerance_bounds.py) in fp32
+# and bf16, with minibatches and per-seed clipping: bit-identical weights and losses within 4e-16 relative on AVX-512/
+# AMX kernels at 1 and 2 threads and on AVX2 kernels at 1 thread; on AVX2 kernels at 2 threads, losses within 5e-7
+# relative and weights within 1.4e-5 after 100 steps (threads split a reduction in another order). Bounds: 20x and 7x.
+MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL = 1e-5, 1e-4
 
 
 def test_modular_seeds_match_their_solo_runs_for_100_steps(tmp_path: Path) -> None:
     cfg = tiny_config(steps="100")
     train_both(cfg, [0, 1, 2], tmp_path)
     for seed in (0, 1, 2):
-        assert_matches_solo(tmp_path, seed)  # measured: bit-identical weights, train loss within 1e-15
+        assert_matches_solo(tmp_path, seed, MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL)
         assert load_run(tmp_path / "batched" / f"seed{seed}").steps == [0, 20, 40, 60, 80, 100]
     metrics = load_run(tmp_path / "batched" / "seed0").metrics
     assert metrics.train_loss.iloc[-1] < 0.5 * metrics.train_loss.iloc[0], "the seeds must be learning"
@@ -76,7 +94,7 @@ def test_minibatches_and_gradient_clipping_are_per_seed(tmp_path: Path) -> None:
     cfg = tiny_config(steps="60", batch_size="16", grad_clip="0.05")
     train_both(cfg, [3, 4], tmp_path)
     for seed in (3, 4):
-        assert_matches_solo(tmp_path, seed)
+        assert_matches_solo(tmp_path, seed, MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL)
     unclipped = tiny_config(steps="60", batch_size="16")
     train(seed_config(unclipped, 3), tmp_path / "unclipped", progress=False)
     clipped, free = (load_run(p).weights(60)["embed.W_E"] for p in (tmp_path / "batched" / "seed3", tmp_path / "unclipped"))
@@ -90,7 +108,7 @@ def test_bf16_seeds_match_solo_and_resume_exactly(tmp_path: Path) -> None:
     train_batched(cfg, seeds, [tmp_path / "batched" / f"seed{s}" for s in seeds], progress=False)
     for s in seeds:
         train(seed_config(cfg, s), tmp_path / "solo" / f"seed{s}", progress=False)
-        assert_matches_solo(tmp_path, s)
+        assert_matches_solo(tmp_path, s, MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL)
 
 
 def test_extending_a_batched_run_matches_training_straight_through(tmp_path: Path) -> None:
@@ -103,13 +121,21 @@ def test_extending_a_batched_run_matches_training_straight_through(tmp_path: Pat
         assert_bit_identical(x, y)
 
 
-def test_language_model_seeds_match_their_solo_runs(tmp_path: Path) -> None:
+def test_language_model_seeds_match_their_solo_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batched LM seeds run the hooked forward under vmap. The solo run is held to it too, so that what is compared
+    # is the batching; the solo fast step (fast_lm.py) is compared with the hooked one in tests/test_fast_lm.py.
+    monkeypatch.setattr("grokking.fast_lm.supports_fast_lm", lambda model: False)
     cfg = tiny_lm(steps="20", eval_every="10", checkpoint_every="10", eval_examples="50")
     train_both(cfg, [0, 1], tmp_path)
     for seed in (0, 1):
-        # Attention key biases get an exactly-zero gradient (softmax ignores a shift shared by every key), so
-        # AdamW turns float rounding into lr-sized steps in both runs; everything else agrees to 1e-5.
-        assert_matches_solo(tmp_path, seed, atol=1e-5, loose=("attn.b_K",))
+        # A batched LM step runs other matmul kernels than a solo one (stacked weights under vmap), so rounding
+        # differs and AdamW carries it on. Measured gaps after 20 steps (benchmarks/tolerance_bounds.py): losses
+        # within 2.3e-7 relative and weights within 1.4e-6 on AVX-512/AMX and AVX2 kernels; 2e-6 relative loss on
+        # an AVX2-only AMD EPYC (issue 25). Bounds: 25x and 70x the worst; seeds mixed up would miss them by 1e3.
+        # Accuracies agreed exactly everywhere; one flipped near-tie of 50 examples is allowed. Attention key
+        # biases get an exactly-zero gradient (softmax ignores a shift shared by every key), so AdamW turns
+        # float rounding into lr-sized steps in both runs: they are left out.
+        assert_matches_solo(tmp_path, seed, loss_rtol=5e-5, weight_atol=1e-4, acc_atol=1 / 50, loose=("attn.b_K",))
 
 
 def test_finished_seeds_are_skipped_and_seeds_at_different_steps_refused(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
+from test_train import assert_bit_identical
 
 from grokking import load_run
 from grokking.config import preset_config
@@ -16,8 +18,6 @@ from grokking.tasks.registry import build_task
 from grokking.train import build_model, train
 
 from conftest import tiny_config
-from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import assert_bit_identical
 
 
 def test_precision_names_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +54,9 @@ def test_bf16_training_tracks_fp32_over_the_first_steps(tmp_path: Path) -> None:
         train(tiny_config(steps="40", precision=precision), tmp_path / precision, progress=False)
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
     assert fp32[-1] < 0.9 * fp32[0], "the tiny run must be learning for the comparison to mean anything"
-    assert torch.allclose(bf16, fp32, rtol=0.01)  # measured: within 0.1%
+    # Measured (benchmarks/tolerance_bounds.py): within 0.13% on AMX/AVX-512 kernels, 0.12% on AVX2 kernels,
+    # where bf16 is emulated in fp32 arithmetic with bf16 rounding. The bound is 7x that.
+    assert torch.allclose(bf16, fp32, rtol=0.01)
     assert not torch.equal(bf16, fp32)
 
 
@@ -64,7 +66,8 @@ def test_bf16_language_model_tracks_fp32(tmp_path: Path) -> None:
         train(cfg, tmp_path / precision, progress=False)
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
     assert fp32[-1] < 0.9 * fp32[0]
-    assert torch.allclose(bf16, fp32, rtol=0.01)  # measured: within 0.1%
+    assert torch.allclose(bf16, fp32, rtol=0.01)  # measured: within 0.05% (benchmarks/tolerance_bounds.py)
+    assert not torch.equal(bf16, fp32), "autocast must actually run the matmuls in bf16"
 
 
 def test_bf16_run_resumes_bit_identically(tmp_path: Path) -> None:

@@ -93,13 +93,12 @@ def test_unknown_preset_fails_in_one_line(tmp_path: Path) -> None:
 
 def test_unreachable_ray_address_fails_in_one_line(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    start = time.perf_counter()
     done = grokking_cli("sweep", "quick", "--grid", "n_layers=1,2", "--executor", "ray", "--address", "127.0.0.1:1",
                         "--out", str(tmp_path / "sweep"), timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: cannot reach a Ray cluster at 127.0.0.1:1")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert time.perf_counter() - start < 60 and not (tmp_path / "sweep").exists()
+    assert not (tmp_path / "sweep").exists()
 
 
 # -- running, resuming, retrying -----------------------------------------------------------------
