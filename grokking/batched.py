@@ -4,7 +4,7 @@ How: every parameter is stacked over a leading seed dimension (`torch.func.stack
 step runs the solo objective of every seed under `torch.func.vmap` + `functional_call` (for modular runs
 that is `ModularObjective.batch_loss`, i.e. the table fast path of fast_forward.py, and its float64
 loss), sums the per-seed losses (so each slice gets exactly its own gradient), clips each seed's
-gradient on its own, and takes one AdamW step over the stacked tensors. AdamW acts elementwise and
+gradient on its own, and takes one AdamW step over the stacked tensors. AdamW and the gradient filter act elementwise and
 every seed draws its minibatches from its own generator, so each seed follows its solo run (tested).
 
 Each seed stays a solo `Trainer` (`_Member`) whose parameters are views into the stacked tensors and
@@ -29,6 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from grokking.config import RunConfig
 from grokking.errors import UserError
+from grokking.grad_filter import make_filter
 from grokking.objectives import LMObjective, next_token_loss_and_acc, trim_to_longest
 from grokking.precision import autocast, describe
 from grokking.store import RunDir
@@ -53,6 +54,7 @@ class _Member(Trainer):
     def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: ModularTask | LMRunData):
         super().__init__(cfg, run, device, task)
         self.loaded_moments: dict[str, dict[str, Tensor]] = {}
+        self.loaded_filter: dict[str, Tensor] = {}
 
     def _moments(self) -> dict[str, dict[str, Tensor]]:
         moments = {}
@@ -64,6 +66,13 @@ class _Member(Trainer):
 
     def _load_moments(self, moments: dict[str, dict[str, Tensor]]) -> None:
         self.loaded_moments = moments  # stacked into the batch's AdamW when the batch is built
+
+    def _filter_state(self) -> dict[str, Tensor]:
+        batch_filter = self.batch.grad_filter
+        return batch_filter.seed_state(self.index) if batch_filter is not None else {}
+
+    def _load_filter(self, tensors: dict[str, Tensor]) -> None:
+        self.loaded_filter = tensors  # stacked into the batch's filter when the batch is built
 
 
 class _Bound(nn.Module):
@@ -93,6 +102,9 @@ class BatchedTrainer:
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
         if members[0].loaded_moments:
             self._stack_moments()
+        self.grad_filter = make_filter(tr, self.params)  # elementwise, so each seed's slice is its solo filter
+        if self.grad_filter is not None and members[0].loaded_filter:
+            self.grad_filter.load_seeds([m.loaded_filter for m in members])
         self.chunk = member_chunk or _default_chunk(members)
         self.objective = members[0].objective  # every seed's objective holds the same data
         self.lm = isinstance(self.objective, LMObjective)
@@ -151,7 +163,8 @@ class BatchedTrainer:
 
     def update(self, loss: Tensor) -> None:
         tr = self.cfg.train
-        optimizer_step(self.optimizer, loss, self.step, tr, lambda: clip_per_seed(list(self.params.values()), tr.grad_clip))
+        optimizer_step(self.optimizer, loss, self.step, tr, lambda: clip_per_seed(list(self.params.values()), tr.grad_clip),
+                       self.grad_filter)
         self.step += 1
         for member in self.members:
             member.step += 1

@@ -57,6 +57,8 @@ def train(
     cfg.validate()
     if batch_seeds is not None and batch_seeds < 1:
         raise UserError(f"--batch-seeds must be at least 1, got {batch_seeds}")
+    if batch_seeds is not None and cfg.task.task == "icl-functions":
+        raise UserError("--batch-seeds does not support icl-functions runs yet; train each seed with --seed")
 
     from grokking.train import TrainingInterrupted
     from grokking.train import train as run_training
@@ -76,27 +78,100 @@ def train(
         rows = trainer.run.read_metric_rows()
         if rows:
             last = rows[-1]
+            if "train_acc" not in last:  # regression (icl-functions): no accuracy
+                typer.echo(f"done: step {last['step']}, train MSE {float(last['train_loss']):.3e}, normalised test error "
+                           f"{float(last['test_loss']):.4f} ({trainer.elapsed:.0f} s) -> {trainer.run.path}")
+                continue
             typer.echo(f"done: step {last['step']}, train acc {float(last['train_acc']):.1%}, test acc {float(last['test_acc']):.1%}, "
                        f"test loss {float(last['test_loss']):.2e} ({trainer.elapsed:.0f} s) -> {trainer.run.path}")
+
+
+LLCLr = Annotated[float, typer.Option("--llc-lr", help="LLC: SGLD step size ε.")]
+LLCLocalization = Annotated[float, typer.Option("--llc-localization", help="LLC: localization γ, the pull back to the checkpoint.")]
+LLCNbeta = Annotated[Optional[float], typer.Option(help="LLC: inverse temperature nβ [default: batch size / ln(batch size), devinterp's].")]
+LLCChains = Annotated[int, typer.Option(help="LLC: SGLD chains (the std is over chains).")]
+LLCDraws = Annotated[int, typer.Option(help="LLC: SGLD draws (steps) per chain.")]
+LLCBatch = Annotated[int, typer.Option(help="LLC: training examples per SGLD step.")]
+LLCSeed = Annotated[int, typer.Option(help="LLC: seed of the SGLD noise and batches (chain c uses seed + c).")]
 
 
 @app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")],
-    sample: Annotated[int, typer.Option(help="Training sentences for the structural measures (language runs).")] = 1000,
+    sample: Annotated[int, typer.Option(help="Random training examples for the structural measures (language runs).")] = 2000,
+    sample_seed: Annotated[int, typer.Option(help="Seed of that random sample (language runs).")] = 0,
+    measures: Annotated[Optional[str], typer.Option(help="Extra measures on top of the standard ones, comma-separated: llc "
+                                                    "(the local learning coefficient through devinterp: RUN_DIR/llc.csv; pip install 'grokking[llc]').")] = None,
+    llc_sample: Annotated[Optional[int], typer.Option(help="LLC: only this many checkpoints, spread evenly (the final one included) [default: all].")] = None,
+    llc_every: Annotated[Optional[int], typer.Option(help="LLC: only every N-th checkpoint, counted back from the final one.")] = None,
+    llc_lr: LLCLr = 1e-4,
+    llc_localization: LLCLocalization = 1000.0,
+    llc_nbeta: LLCNbeta = None,
+    llc_chains: LLCChains = 4,
+    llc_draws: LLCDraws = 200,
+    llc_batch_size: LLCBatch = 64,
+    llc_seed: LLCSeed = 0,
 ) -> None:
     """Compute the progress measures for every checkpoint: RUN_DIR/analysis.csv and analysis.json."""
     import json
 
     from grokking.analysis.progress import analyze as run_analysis
 
-    table = run_analysis(run_dir, sample=sample)
+    if sample < 1:
+        raise UserError(f"--sample must be at least 1, got {sample}")
+    extra = {m.strip() for m in (measures or "").split(",") if m.strip()}
+    if extra - {"llc"}:
+        raise UserError(f"--measures knows only llc, got '{', '.join(sorted(extra - {'llc'}))}'")
+    llc = None
+    if "llc" in extra:
+        from grokking.analysis.llc import LLCRequest, SGLDSettings
+
+        llc = LLCRequest(SGLDSettings(llc_lr, llc_localization, llc_nbeta, llc_chains, llc_draws, 0, llc_batch_size, llc_seed),
+                         llc_sample, llc_every).validate()  # a missing devinterp fails before the other measures run
+    table = run_analysis(run_dir, sample=sample, sample_seed=sample_seed, llc=llc)
     summary = json.loads((run_dir / "analysis.json").read_text())
     typer.echo(f"analysed {len(table)} checkpoints -> {run_dir / 'analysis.csv'}")
+    if summary.get("fourier_note"):
+        typer.echo(summary["fourier_note"])
     if "key_frequencies" in summary:
         typer.echo(f"key frequencies {summary['key_frequencies']}; phases {summary['phases']}")
     if summary.get("early_stopping"):
         typer.echo(f"early stopping {summary['early_stopping']}")
+    if llc is not None:
+        done = table.dropna(subset=["llc_mean"])
+        typer.echo(f"LLC of {len(done)} checkpoints -> {run_dir / 'llc.csv'}" + (
+            f"; final {done.llc_mean.iloc[-1]:.4g} ± {done.llc_std.iloc[-1]:.2g}" if len(done) else ""))
+
+
+@app.command("llc-calibrate")
+def llc_calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")],
+    step: Annotated[int, typer.Option(help="The checkpoint to sample around.")],
+    lr: Annotated[Optional[list[float]], typer.Option("--lr", help="SGLD step sizes to try (repeatable) [default: 1e-6, 1e-5, 1e-4].")] = None,
+    localization: Annotated[Optional[list[float]], typer.Option("--localization", help="Localizations γ to try (repeatable) [default: 100, 1000, 10000].")] = None,
+    nbeta: LLCNbeta = None,
+    chains: LLCChains = 4,
+    draws: LLCDraws = 200,
+    batch_size: LLCBatch = 64,
+    seed: LLCSeed = 0,
+) -> None:
+    """Sweep SGLD step size x localization on one checkpoint: RUN_DIR/llc_calibration.html (loss trace per chain) and .csv."""
+    from grokking.analysis.llc import SGLDSettings, calibrate, calibration_tables
+    from grokking.reports.llc import CALIBRATION_TABLE, CALIBRATION_TRACES, write_calibration_page
+    from grokking.run import load_run
+    from grokking.store import atomic_write
+
+    run = load_run(run_dir)
+    run.weights(step)  # a missing or unreadable checkpoint fails here, with the nearest step
+    base = SGLDSettings(nbeta=nbeta, chains=chains, draws=draws, batch_size=batch_size, seed=seed)
+    table, estimates = calibrate(run, step, lr or [1e-6, 1e-5, 1e-4], localization or [100.0, 1000.0, 10000.0], base)
+    traces = calibration_tables(estimates)
+    atomic_write(run.path / CALIBRATION_TABLE, table.to_csv(index=False).encode())
+    atomic_write(run.path / CALIBRATION_TRACES, traces.to_csv(index=False).encode())
+    for row in table.itertuples():
+        typer.echo(f"lr {row.lr:<8g} localization {row.localization:<8g} LLC {row.llc_mean:9.4g} ± {row.llc_std:<8.2g} "
+                   f"drift {row.drift:5.2f}  {row.seconds:.0f} s")
+    typer.echo(f"calibration: {write_calibration_page(run.path, step).resolve()}")
 
 
 @app.command()
@@ -117,11 +192,31 @@ def data(
     n: Annotated[int, typer.Option("-n", help="Number of examples to print.")] = 5,
     seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
     export: Annotated[Optional[Path], typer.Option(help="Write every split in the published format to this directory.")] = None,
+    mix: Annotated[str, typer.Option(help="Structure mix of question-formation / tense-inflection: published or grammar.")] = "published",
+    stats: Annotated[bool, typer.Option(
+        "--stats", help="Print the structure mix of DIR's files (no DIR: the generated splits) next to the published "
+                        "mix, with the TVD per split (Dyck: lengths, depths and unseen structures against the automaton).")] = False,
+    directory: Annotated[Optional[Path], typer.Argument(
+        metavar="[DIR]", help="With --stats: any directory of files in the published format (<stem>.<split>).")] = None,
 ) -> None:
-    """Print examples of a synthetic language, or export its splits (generated, seeded, cached)."""
+    """Print examples of a synthetic language, export its splits (generated, seeded, cached), or --stats."""
+    from grokking.config import MIXES
     from grokking.tasks.lm_data import get_lm_task
 
-    lm_task = get_lm_task(task)
+    if mix not in MIXES:
+        raise UserError(f"--mix must be one of {', '.join(MIXES)}, got '{mix}'")
+    lm_task = get_lm_task(task, mix)
+    if directory is not None and not stats:
+        raise UserError(f"a data directory ({directory}) is only read with --stats")
+    if stats:
+        from grokking.tasks import dyck, structure_mix
+
+        if directory is None:
+            lm_task.splits(seed=seed)  # generated (or read from the cache) and on disk
+        report = structure_mix.stats_report if lm_task.structure else dyck.stats_report
+        for line in report(lm_task, directory or lm_task.cache_dir(seed)):
+            typer.echo(line)
+        return
     if export is not None:
         for path in lm_task.export(export, seed=seed):
             typer.echo(path)
@@ -225,6 +320,19 @@ def report_sweep(
     from grokking.reports.sweep import write_sweep_report
 
     typer.echo(f"sweep report: {write_sweep_report(sweep_dir, patience=patience).resolve()} (+ summary.csv, runs.csv)")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="An analysed modular run (say, without a gradient filter).")],
+    run_b: Annotated[Path, typer.Argument(help="An analysed modular run of the same task (say, with grad_filter=ema).")],
+    out: Annotated[Path, typer.Option(help="The page to write.")] = Path("compare.html"),
+) -> None:
+    """Write a self-contained page comparing two runs: steps to 99% test accuracy, phases, key frequencies,
+    restricted/excluded loss aligned by step and by phase."""
+    from grokking.reports.grokfast import write_comparison
+
+    typer.echo(f"comparison: {write_comparison(run_a, run_b, out).resolve()}")
 
 
 def main() -> None:

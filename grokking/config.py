@@ -22,11 +22,16 @@ OPERATIONS = ("add", "subtract", "x2xyy2", "random")
 INITS = ("nanda", "tl", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
+GRAD_FILTERS = ("none", "ema", "ma")  # Grokfast (Lee et al. 2024); see grokking/grad_filter.py
 LR_SCHEDULES = ("constant", "linear")
 SPLITS = ("seeded", "python-shuffle")
 LM_TASK_NAMES = ("question-formation", "tense-inflection", "dyck")
+MIXES = ("published", "grammar")  # structure mix of question-formation / tense-inflection data
+GRAMMAR_TASK_NAMES = ("question-formation", "tense-inflection")  # the tasks whose data `mix` shapes
 DIGIT_ADDITION = "digit-addition"  # a causal-LM task too, generated in memory (grokking/tasks/digit_addition.py)
-TASK_NAMES = ("modular", *LM_TASK_NAMES, DIGIT_ADDITION)
+ICL_FUNCTIONS = "icl-functions"  # real-valued in-context regression (grokking/tasks/icl_functions.py)
+ICL_FAMILIES = ("linear", "sparse-linear", "sinusoid", "relu-net")
+TASK_NAMES = ("modular", *LM_TASK_NAMES, DIGIT_ADDITION, ICL_FUNCTIONS)
 
 
 @dataclass
@@ -48,6 +53,9 @@ class ModelConfig:
     d_vocab: int = 0
     d_vocab_out: int = 0
     n_ctx: int = 0
+    # Real-valued inputs (icl-functions): embed.W_E [d_vocab, d_model] is a linear read-in applied to each position's
+    # d_vocab numbers instead of a token lookup; the read-out is the unembedding with d_vocab_out = 1.
+    read_in: bool = False
 
 
 @dataclass
@@ -66,9 +74,27 @@ class TaskConfig:
     data_dir: str = ""  # published-format files to train on instead of generated ones
     max_len: int = 0  # drop training sequences longer than this many tokens (0 = keep all)
     eval_examples: int = 1000  # examples of each split scored at every evaluation
+    # question-formation / tense-inflection structure mix: "published" (McCoy et al.'s files) or "grammar"
+    # (rule weights). A config.json without this key predates it and was trained on "grammar" (see from_dict).
+    mix: str = "published"
     # digit addition: n-digit + n-digit; the test set is `eval_examples` pairs, drawn apart from the training pairs
     n_digits: int = 3
     n_train: int = 10_000
+    # in-context functions: comma-separated families (see ICL_FAMILIES) and their mixture weights ("" = equal)
+    families: str = "linear"
+    family_weights: str = ""
+    n_dims: int = 1  # x ~ N(0, I_d)
+    n_points: int = 20  # (x, f(x)) pairs per prompt
+    freq_min: float = 0.5  # sinusoid frequencies drawn uniformly from [freq_min, freq_max]
+    freq_max: float = 2.0
+    sparsity: int = 3  # non-zero coordinates of a sparse-linear w
+    eval_x_scale: float = 2.0  # the out-of-range evaluation scales x by this
+    # curriculum (Garg et al.): start at d_start dims / points_start points (0 = full), grow by d_step / points_step every curriculum_every steps
+    d_start: int = 0
+    points_start: int = 0
+    curriculum_every: int = 2000
+    d_step: int = 1
+    points_step: int = 2
 
 
 @dataclass
@@ -89,6 +115,11 @@ class TrainConfig:
     dense_until: int = 0
     device: str = "auto"
     precision: str = "fp32"  # bf16 runs the big matmuls in bfloat16; master weights, AdamW and the loss stay fp32/fp64
+    # Grokfast: add lambda x the slow part of each gradient (EMA with `alpha`, or the mean of the last `window`) before the step
+    grad_filter: str = "none"
+    grad_filter_alpha: float = 0.98
+    grad_filter_lambda: float = 2.0
+    grad_filter_window: int = 100
 
 
 @dataclass
@@ -109,9 +140,12 @@ class RunConfig:
         try:
             train = dict(data["train"])
             train["betas"] = tuple(train["betas"])
+            task = dict(data["task"])
+            if task.get("task") in GRAMMAR_TASK_NAMES:
+                task.setdefault("mix", "grammar")  # no `mix`: written before it existed, so trained on grammar-mix data
             return cls(
                 model=ModelConfig(**data["model"]),
-                task=TaskConfig(**data["task"]),
+                task=TaskConfig(**task),
                 train=TrainConfig(**train),
                 preset=data.get("preset", ""),
             )
@@ -143,12 +177,15 @@ class RunConfig:
         if t.task != "modular":
             _check(tr.batch_size >= 1, "language-model tasks need a minibatch: set batch_size >= 1")
             _check(t.eval_examples >= 1, f"eval_examples must be >= 1, got {t.eval_examples}")
+            _check(t.mix in MIXES, f"mix must be one of {MIXES}, got '{t.mix}'{_suggest(t.mix, list(MIXES))}")
         if t.task == "modular":
             _check(t.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got '{t.operation}'")
             _check(t.p >= 5 and _is_prime(t.p), f"p must be a prime >= 5, got {t.p} (try 113, 97 or 59)")
             _check(0.0 < t.frac_train < 1.0, f"frac_train must be in (0, 1), got {t.frac_train}")
             _check(t.split in SPLITS, f"split must be one of {SPLITS}, got '{t.split}'")
             _check(t.n_outputs in (0, t.p, t.p + 1), f"n_outputs must be 0 (= p), p or p + 1, got {t.n_outputs}")
+        if t.task == ICL_FUNCTIONS:
+            _check_icl(t)
         if t.task == DIGIT_ADDITION:
             _check(1 <= t.n_digits <= 9, f"n_digits must be in 1..9, got {t.n_digits}")
             _check(t.n_train >= 1, f"n_train must be >= 1, got {t.n_train}")
@@ -166,6 +203,34 @@ class RunConfig:
         _check(tr.dense_checkpoint_every >= 0 and tr.dense_until >= 0, "dense_checkpoint_every and dense_until must be >= 0")
         _check(tr.device in DEVICES, f"device must be one of {DEVICES}, got '{tr.device}'")
         _check(tr.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got '{tr.precision}'")
+        _check(tr.grad_filter in GRAD_FILTERS, f"grad_filter must be one of {GRAD_FILTERS}, got '{tr.grad_filter}'")
+        _check(0.0 <= tr.grad_filter_alpha < 1.0, f"grad_filter_alpha must be in [0, 1) (the paper uses 0.98), got {tr.grad_filter_alpha}")
+        _check(tr.grad_filter_lambda >= 0, f"grad_filter_lambda must be >= 0 (the paper uses 2 for ema, 5 for ma), got {tr.grad_filter_lambda}")
+        _check(tr.grad_filter_window >= 1, f"grad_filter_window must be >= 1 (the paper uses 100), got {tr.grad_filter_window}")
+
+
+def _check_icl(t: TaskConfig) -> None:
+    families = [f.strip() for f in t.families.split(",") if f.strip()]
+    _check(bool(families), f"families must name at least one of {ICL_FAMILIES}")
+    for name in families:
+        _check(name in ICL_FAMILIES, f"unknown function family '{name}'{_suggest(name, list(ICL_FAMILIES))}; choose from {ICL_FAMILIES}")
+    _check(len(set(families)) == len(families), f"families lists a family twice: '{t.families}'")
+    if t.family_weights.strip():
+        try:
+            weights = [float(w) for w in t.family_weights.split(",")]
+        except ValueError:
+            raise UserError(f"family_weights must be comma-separated numbers, got '{t.family_weights}'") from None
+        _check(len(weights) == len(families), f"family_weights has {len(weights)} numbers for {len(families)} families")
+        _check(all(w >= 0 for w in weights) and sum(weights) > 0,
+               f"family_weights must be >= 0 and sum to a positive number, got '{t.family_weights}'")
+    _check(t.n_dims >= 1, f"n_dims (d) must be >= 1, got {t.n_dims}")
+    _check(t.n_points >= 1, f"n_points must be >= 1, got {t.n_points}")
+    _check(0 < t.freq_min <= t.freq_max, f"need 0 < freq_min <= freq_max, got {t.freq_min}, {t.freq_max}")
+    _check(t.sparsity >= 1, f"sparsity must be >= 1, got {t.sparsity}")
+    _check(0 <= t.d_start <= t.n_dims and 0 <= t.points_start <= t.n_points,
+           f"d_start / points_start must be in 0..n_dims / 0..n_points (0 = no curriculum), got {t.d_start} / {t.points_start}")
+    _check(t.curriculum_every >= 1 and t.d_step >= 0 and t.points_step >= 0,
+           "curriculum_every must be >= 1 and d_step, points_step >= 0")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -235,7 +300,7 @@ def _structural(task: str, paper: bool) -> RunConfig:
         tr.steps = 400_000 if task == "dyck" else 300_000
         tr.eval_every = tr.checkpoint_every = 3_000
     else:
-        # Scaled down for a 2-core CPU; see docs/structural-cpu.md for what was tried.
+        # Scaled down for a 2-core CPU; see docs/results/structural-cpu.md for what was tried.
         m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp, m.dropout = 4, 128, 4, 32, 512, 0.0
         tr.lr, tr.weight_decay, tr.warmup_steps, tr.batch_size = 1e-3, 0.1, 1_000, 64
         tr.steps, tr.eval_every, tr.checkpoint_every = 6_000, 250, 250
@@ -261,26 +326,49 @@ def _addition_cpu() -> RunConfig:
     return cfg
 
 
+def _icl(paper: bool) -> RunConfig:
+    """In-context functions on a linear + sinusoid mixture in d = 1 (Yadlowsky et al.'s setting): a GPT-2-like
+    pre-LN decoder with a linear read-in and read-out, MSE at the x positions, fresh prompts every step."""
+    cfg = RunConfig(preset="icl-paper" if paper else "icl-cpu")
+    m, t, tr = cfg.model, cfg.task, cfg.train
+    t.task, t.data_seed, t.families, t.n_dims, t.eval_examples = ICL_FUNCTIONS, 0, "linear,sinusoid", 1, 1000
+    m.read_in, m.normalization, m.act_fn, m.init, m.positional = True, "pre", "gelu", "tl", "learned"
+    m.attn_bias = m.unembed_bias = True
+    tr.weight_decay, tr.betas, tr.grad_clip, tr.lr_schedule = 0.0, (0.9, 0.999), 1.0, "constant"
+    if paper:  # Garg et al.'s standard model and schedule: 12 layers, 8 heads, width 256, 500k steps, batch 64, lr 1e-4
+        m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp = 12, 256, 8, 32, 1024
+        t.n_points = 40
+        tr.lr, tr.batch_size, tr.steps, tr.warmup_steps = 1e-4, 64, 500_000, 0
+        tr.eval_every, tr.checkpoint_every = 2_000, 10_000
+    else:  # sized for one loaded CPU core; see docs/results/icl-functions.md for what was tried
+        m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp = 4, 64, 4, 16, 256
+        t.n_points, t.points_start, t.points_step, t.curriculum_every = 16, 4, 2, 500  # 16 points from step 3000
+        tr.lr, tr.batch_size, tr.steps, tr.warmup_steps = 1e-3, 32, 5_000, 500
+        tr.eval_every, tr.checkpoint_every = 500, 500
+    return cfg
+
+
 PRESETS: dict[str, tuple[str, Any]] = {
     "nanda-p113": ("Nanda et al. 2023: (a+b) mod 113, 30% train, 1 layer 128/4/512, AdamW wd 1.0, 25k full-batch steps", _nanda_p113),
     "qf-paper": ("Murty et al. 2023 question formation: 6-layer 512/8/2048 post-LN LM, 300k steps, batch 8 (GPU-sized)",
                  lambda: _structural("question-formation", True)),
     "ti-paper": ("Murty et al. 2023 tense inflection: as qf-paper (GPU-sized)", lambda: _structural("tense-inflection", True)),
     "dyck-paper": ("Murty et al. 2023 Dyck-(20,10): as qf-paper, 400k steps (GPU-sized)", lambda: _structural("dyck", True)),
-    "qf-cpu": ("Question formation scaled to a 2-core CPU (8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps, bf16 "
-               "where fast; ~32-40 min on one core). Gen climbs after val saturates but does not hold 80%: 5 seeds, val 100% "
-               "by step 750 with gen 35/53/12/53/39%, gen at the end 46/79/39/53/78%, max 60/86/69/94/78%. docs/structural-cpu.md",
-               lambda: _structural("question-formation", False)),
-    "ti-cpu": ("Tense inflection scaled to a 2-core CPU (4 layers d128, wd 0.1, lr 1e-3 decaying over 6k steps). Does NOT show structural grokking: "
-               "once val saturates gen falls to the linear agreement rule (0-3% at 4, 6 and 8 layers; 12-33% at 4 layers "
-               "without weight decay; 7% after 100k steps of the paper's batch 8, lr 1e-4). docs/structural-cpu.md",
-               lambda: _structural("tense-inflection", False)),
-    "dyck-cpu": ("Dyck-(20,10) scaled to a 2-core CPU (as ti-cpu, 3k steps, training sequences <= 64 tokens). Does NOT show "
-                 "structural grokking: gen (unseen structures) rises with val, no delay; on 2k training strings gen stays "
-                 "13-20 points below val. docs/structural-cpu.md",
-                 lambda: _structural("dyck", False)),
+    "qf-cpu": ("Question formation for a 2-core CPU: 8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps; does not reach "
+               "80% gen (docs/results/structural-cpu.md, structural-data.md)", lambda: _structural("question-formation", False)),
+    "ti-cpu": ("Tense inflection for a 2-core CPU: 4 layers d128, 6k steps; does not show structural grokking "
+               "(docs/results/structural-cpu.md)", lambda: _structural("tense-inflection", False)),
+    "dyck-cpu": ("Dyck-(20,10) for a 2-core CPU: as ti-cpu, 3k steps, training strings <= 64 tokens; no delay between val "
+                 "and gen (docs/results/structural-cpu.md)", lambda: _structural("dyck", False)),
     "addition-cpu": ("3-digit + 3-digit addition as a causal LM (answer least-significant digit first), 2 layers d64, "
                      "10k training / 500 test pairs, lr 3e-3, 1.5k steps: the metric-lens model; ~1 min on one core", _addition_cpu),
+    "icl-paper": ("In-context functions, linear + sinusoid in d=1 (Yadlowsky et al.): 12 layers, 8 heads, width 256, "
+                  "500k steps, batch 64, lr 1e-4 (GPU-sized)", lambda: _icl(True)),
+    "icl-cpu": ("In-context functions, linear + sinusoid in d=1, 4 layers width 64, 16 points, batch 32, 5k steps: "
+                "22-28 min on one loaded CPU core. 2 seeds: picks the family (error at k=15: linear 0.005/0.010, least squares "
+                "exact; sinusoid 0.03, least squares 0.57) but fails in the middle of the convex combinations (0.38/0.33 at "
+                "a=0.25, 3-NN 0.17) and above the training frequencies (1.6-2.1 at omega 4-6). "
+                "docs/results/icl-functions.md", lambda: _icl(False)),
     "quick": ("Small modular addition (p=59, 30% train, lr 3e-3, 3.5k steps): memorises by step ~300, groks near step 2k; ~1 min on a CPU", _quick),
 }
 

@@ -38,9 +38,11 @@ class Embed(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.read_in = cfg.read_in
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return F.embedding(tokens, self.W_E)
+        """Token ids [batch, pos] -> rows of W_E; with `read_in`, real vectors [batch, pos, d_vocab] -> their product with W_E."""
+        return tokens @ self.W_E if self.read_in else F.embedding(tokens, self.W_E)
 
 
 class PosEmbed(nn.Module):
@@ -52,7 +54,7 @@ class PosEmbed(nn.Module):
             self.register_buffer("W_pos", sinusoidal_positions(cfg.n_ctx, cfg.d_model))
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.W_pos[: tokens.shape[-1]].unsqueeze(0)
+        return self.W_pos[: tokens.shape[1] if tokens.is_floating_point() else tokens.shape[-1]].unsqueeze(0)
 
 
 def sinusoidal_positions(n_ctx: int, d_model: int) -> Tensor:
@@ -225,8 +227,9 @@ class Transformer(HookedRootModule):
                 nn.init.uniform_(param, -bound, bound)
 
     def residual_stream(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """The final residual stream [batch, pos, d_model] (after ln_final for pre-LN models)."""
-        n = tokens.shape[-1]
+        """The final residual stream [batch, pos, d_model] (after ln_final for pre-LN models).
+        `tokens`: ids [batch, pos], or real vectors [batch, pos, d_vocab] for a `read_in` model."""
+        n = tokens.shape[1] if tokens.is_floating_point() else tokens.shape[-1]
         if n > self.cfg.n_ctx:
             raise ValueError(f"sequence of length {n} is longer than the model's context ({self.cfg.n_ctx})")
         allowed = self.causal[:n, :n].unsqueeze(0)

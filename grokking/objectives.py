@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from grokking import fast_lm
 from grokking.fast_forward import last_position_logits
 from grokking.model import Transformer
 from grokking.precision import autocast
@@ -111,6 +112,13 @@ def next_token_loss_and_acc(logits: Tensor, tokens: Tensor, loss_mask: Tensor) -
     return F.cross_entropy(logits.float(), targets), (logits.argmax(-1) == targets).float().mean()
 
 
+def fast_lm_loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """`lm_loss_and_acc` through fast_lm.py (no work on padding) unless hooks or training dropout need the hooked forward."""
+    if fast_lm.supports_fast_lm(model):
+        return fast_lm.loss_and_acc(model, tokens, loss_mask)
+    return lm_loss_and_acc(model, tokens, loss_mask)
+
+
 class LMObjective:
     """Causal-LM loss over `<sos> input target <eos>`; evaluation with the task's published metric."""
 
@@ -130,7 +138,7 @@ class LMObjective:
 
     def batch_loss(self, model: Transformer, idx: Tensor) -> tuple[Tensor, None]:
         with autocast(self.dtype, self.device):
-            loss, _ = lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
+            loss, _ = fast_lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
         return loss, None
 
     @torch.no_grad()
@@ -139,11 +147,13 @@ class LMObjective:
         model.eval()
         row: dict[str, float] = {}
         for split, enc in self.encoded_eval.items():
-            loss, acc = lm_loss_and_acc(model, enc.tokens.to(self.device), enc.loss_mask.to(self.device))
+            loss, acc = fast_lm_loss_and_acc(model, enc.tokens.to(self.device), enc.loss_mask.to(self.device))
             row[f"{split}_loss"], row[f"{split}_acc"] = loss.item(), acc.item()
 
+        forward = fast_lm.logits if fast_lm.supports_fast_lm(model) else Transformer.__call__
+
         def logits_fn(tokens: Tensor) -> Tensor:
-            return model(tokens.to(self.device)).cpu()
+            return forward(model, tokens.to(self.device)).cpu()
 
         for split in self.data.scored_splits:
             scores = self.data.task.evaluate(logits_fn, self.data.eval_sets[split])

@@ -9,7 +9,10 @@ and checkpoints mean the same thing in every precision.
 
 from __future__ import annotations
 
+import sys
+import time
 from contextlib import AbstractContextManager, nullcontext
+from functools import cache
 
 import torch
 
@@ -24,9 +27,32 @@ def has_fast_bf16(device: torch.device) -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The matmul dtype for a run: None for fp32, torch.bfloat16 for bf16 (and for auto on fast hardware)."""
+    if name == "bf16" and device.type == "cpu" and not has_fast_bf16(device):
+        warn_emulated_bf16()
     if name == "bf16" or (name == "auto" and has_fast_bf16(device)):
         return torch.bfloat16
     return None
+
+
+def bf16_matmul_cost(n: int = 256, repeats: int = 3) -> float:
+    """Time of an n x n bf16 matmul over an fp32 one on this CPU (best of `repeats` each)."""
+    def best(dtype: torch.dtype) -> float:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+    return best(torch.bfloat16) / best(torch.float32)
+
+
+@cache
+def warn_emulated_bf16() -> None:
+    """One line, once per process: an explicit bf16 on a CPU that emulates it (~30x slower on AVX2-only CPUs)."""
+    print(f"warning: precision=bf16 on a CPU without AMX or AVX-512 BF16: bf16 is emulated, a matmul measured "
+          f"{bf16_matmul_cost():.1f}x the time of fp32 here; precision=auto or fp32 trains in fp32", file=sys.stderr)
 
 
 def describe(dtype: torch.dtype | None) -> str:

@@ -32,9 +32,8 @@ class Run:
 
     @property
     def metrics(self) -> pd.DataFrame:
-        if not self.dir.metrics_path.is_file():
-            return pd.DataFrame(columns=["step", "train_loss", "test_loss", "train_acc", "test_acc"])
-        return pd.read_csv(self.dir.metrics_path)
+        """Whole rows of metrics.csv; a torn or hand-cut line is skipped with one warning naming the file."""
+        return self.dir.read_metrics_table()
 
     @cached_property
     def task(self):

@@ -14,23 +14,39 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import io
 import json
 import os
 import re
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from grokking.config import RunConfig
+from grokking.config import ModelConfig, RunConfig, TaskConfig, TrainConfig, _parse_value
 from grokking.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{7})\.safetensors$")
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
 # What `grokking analyze` and `grokking report` may write into a run directory.
-DERIVED_FILES = ("analysis.csv", "analysis.json", "fourier_norms.csv", "analysis_maps.safetensors", "analysis_trees.json", "report.html")
+DERIVED_FILES = ("analysis.csv", "analysis.json", "fourier_norms.csv", "analysis_maps.safetensors", "analysis_trees.json", "report.html",
+                 "icl_curves.csv", "llc.csv", "llc.json", "llc_calibration.csv", "llc_calibration_traces.csv", "llc_calibration.html")
+
+
+LOCK_FILE = ".lock"
+TEMP_GLOB = ".*.tmp-*"  # what atomic_write leaves behind when killed before its rename
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -45,8 +61,50 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while writing {path}; free some space and re-run the same command to resume") from None
+            raise disk_full(path) from None
         raise
+
+
+def disk_full(path: Path) -> UserError:
+    """The one line for ENOSPC/EDQUOT: the file, the disk (its mount point) and what is left on it."""
+    mount = path.parent.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        free = f"{shutil.disk_usage(mount).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return UserError(f"disk full while writing {path} (disk mounted at {mount}, {free}); "
+                     f"free some space there and re-run the same command to resume")
+
+
+def warn(message: str) -> None:
+    """A damaged file that does not stop the load: one line on stderr, the rest of the run still loads."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def directory_lock(directory: Path, holder: str) -> Iterator[None]:
+    """Hold DIRECTORY/.lock exclusively, or refuse in one line naming the holder.
+
+    `fcntl.flock` belongs to the open file, so the kernel drops it when the holder exits or is killed:
+    a crash never leaves a stale lock, and no pid has to be checked for liveness. The file itself stays
+    (deleting it would let a third process lock a new inode while the second still holds the old one).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{directory} is in use by {who}; wait for it to finish, or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def checkpoint_name(step: int) -> str:
@@ -78,6 +136,15 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    @contextmanager
+    def locked(self, holder: str) -> Iterator[None]:
+        """Only one writer at a time (see `directory_lock`); temporaries left by a killed writer are removed."""
+        with directory_lock(self.path, holder):
+            for directory in (self.path, self.checkpoint_dir):
+                for stale in directory.glob(TEMP_GLOB):
+                    stale.unlink(missing_ok=True)
+            yield
+
     def require(self) -> RunDir:
         """Fail with a clear message unless this is a run directory."""
         if not self.path.is_dir():
@@ -91,18 +158,57 @@ class RunDir:
         atomic_write(self.config_path, cfg.to_json().encode())
 
     def read_config(self) -> RunConfig:
+        """The run's config; a hand-edited file loads with one warning per unknown key or convertible value."""
         try:
             data = json.loads(self.config_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {self.config_path}: {exc}") from None
-        return RunConfig.from_dict(data)
+        try:
+            return RunConfig.from_dict(_checked_config(data, self.config_path))
+        except UserError as exc:
+            raise UserError(f"{self.config_path}: {exc}") from None
 
     # -- metrics --------------------------------------------------------------------------------
     def read_metric_rows(self) -> list[dict[str, str]]:
+        """Whole rows only: a line cut short (a killed or running writer, a hand edit) is skipped with one warning."""
+        lines = self._whole_metric_lines()
+        return list(csv.DictReader(lines))
+
+    def read_metrics_table(self) -> pd.DataFrame:
+        """metrics.csv as a table of its whole rows (see `read_metric_rows`)."""
+        import pandas as pd
+
+        lines = self._whole_metric_lines()
+        if len(lines) < 2:
+            return pd.DataFrame(columns=lines[0].split(",") if lines else METRIC_COLUMNS)
+        return pd.read_csv(io.StringIO("\n".join(lines)))
+
+    def _whole_metric_lines(self) -> list[str]:
+        """The header and every row with the header's number of fields and an integer step, in file order."""
         if not self.metrics_path.is_file():
             return []
-        with open(self.metrics_path, newline="") as fh:
-            return list(csv.DictReader(fh))
+        try:
+            text = self.metrics_path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {self.metrics_path}: {exc}") from None
+        lines = text.split("\n")
+        torn_tail = lines.pop() != ""  # what follows the last newline: empty unless the last line is unfinished
+        if not lines:
+            return []
+        width = len(next(csv.reader(lines[:1])))
+        good, bad = lines[:1], []
+        for number, line in enumerate(lines[1:], start=2):
+            fields_ = next(csv.reader([line]), [])
+            if len(fields_) == width and _is_int(fields_[0]):
+                good.append(line)
+            elif line:
+                bad.append(number)
+        if torn_tail:
+            bad.append(len(lines) + 1)
+        if bad:
+            warn(f"{self.metrics_path}: skipped {len(bad)} incomplete line(s) (line {', '.join(map(str, bad[:5]))}); "
+                 f"the other {len(good) - 1} rows load")
+        return good
 
     def truncate_metrics(self, before_step: int) -> None:
         """Keep only rows with step < `before_step`: later rows are recomputed by the resumed run."""
@@ -126,13 +232,20 @@ class RunDir:
         if new:
             writer.writeheader()
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        data = memoryview(line.getvalue().encode())
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
         try:
-            with open(self.metrics_path, "a") as fh:
-                fh.write(line.getvalue())
+            while data:
+                data = data[os.write(fd, data):]
         except OSError as exc:
+            if os.path.isfile(self.metrics_path):
+                os.ftruncate(fd, size)  # a failed append leaves no part of its line (truncating needs no space)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"disk full while writing {self.metrics_path}; free some space and re-run to resume") from None
+                raise disk_full(self.metrics_path) from None
             raise
+        finally:
+            os.close(fd)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint_path(self, step: int) -> Path:
@@ -171,6 +284,63 @@ class RunDir:
             path.unlink(missing_ok=True)
         for name in DERIVED_FILES:
             (self.path / name).unlink(missing_ok=True)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+CONFIG_GROUPS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
+
+
+def _checked_config(data: Any, path: Path) -> dict[str, Any]:
+    """A config.json's dict, with unknown keys dropped and values of the wrong type converted, one warning each.
+
+    A value converts when the `--set` parser reads its text as the field's type ("23" -> 23 for `p`);
+    one that does not is a one-line error naming the key (`read_config` adds the file's name).
+    """
+    if not isinstance(data, dict):
+        raise UserError("not a grokking run config (a JSON object); re-create the run")
+    data = dict(data)
+    for key in [k for k in data if k not in (*CONFIG_GROUPS, "preset")]:
+        warn(f"{path}: ignored unknown key '{key}'")
+        del data[key]
+    for group, cls in CONFIG_GROUPS.items():
+        if not isinstance(data.get(group), dict):
+            continue
+        values = dict(data[group])
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        known = {f.name for f in fields(cls)}
+        for key in list(values):
+            if key not in known:
+                warn(f"{path}: ignored unknown key '{group}.{key}'")
+                del values[key]
+            elif key in defaults and defaults[key] is not None and not _same_type(values[key], defaults[key]):
+                raw = ",".join(map(str, values[key])) if isinstance(values[key], list) else str(values[key])
+                try:
+                    converted = _parse_value(key, raw, defaults[key])
+                except UserError:
+                    raise UserError(f"{group}.{key} should be {type(defaults[key]).__name__}, "
+                                    f"got {values[key]!r}; fix or delete that key") from None
+                warn(f"{path}: {group}.{key} is {values[key]!r} ({type(values[key]).__name__}), read as {converted!r}")
+                values[key] = list(converted) if isinstance(converted, tuple) else converted
+        data[group] = values
+    return data
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    """JSON's view of a field's type: ints pass as floats, lists as tuples, bools only as bools."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -261,3 +261,127 @@ def test_weight_norms_count_parameters_not_zero_buffers() -> None:
     norms = per_matrix_norms(model)
     assert set(norms) == {name for name, _ in model.named_parameters()}
     assert norms["blocks.0.mlp.W_in"] == pytest.approx(model.blocks[0].mlp.W_in.norm().item(), rel=1e-6)
+
+
+# --- other operations: a - b, and the ones without a Fourier basis ------------------------------------------
+
+
+def subtraction_algorithm_model(freqs: list[int], p: int = P) -> Transformer:
+    """The Fourier algorithm for a - b: like `fourier_algorithm_model`, but b enters conjugated.
+
+    Two heads, each fixed by the positional embeddings on one operand (head 0 reads a at position 0,
+    head 1 reads b at position 1, scores ~25 nats apart); head 1's W_O flips the sign of the sin
+    dims, so the MLP sees cos/sin(wa) + cos/sin(-wb) and its neurons compute functions of w(a-b)/2.
+    The logits are ~ sum_w |cos(w(a+b)/2)| cos(w(a-b-c)).
+    """
+    n = len(freqs)
+    pos = 4 * n  # dims [4n, 4n+3): one per position
+    cfg = ModelConfig(d_model=4 * n + 3, n_heads=2, d_head=2 * n, d_mlp=n * N_PHASES, d_vocab=p + 1, d_vocab_out=p, n_ctx=3)
+    model = Transformer(cfg)
+    x = torch.arange(p, dtype=torch.float64)
+    phases = 2 * math.pi * torch.arange(N_PHASES, dtype=torch.float64) / N_PHASES
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    conj = torch.diag(torch.tensor([1.0, -1.0]).repeat(n))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.pos_embed.W_pos[:, pos : pos + 3] = torch.eye(3)
+        for head in (0, 1):
+            attn.W_Q[head, pos + 2, 0] = 1.0  # the `=` position asks ...
+            attn.W_K[head, pos + head, 0] = 60.0  # ... for operand `head` (score 60/sqrt(2n) ~ 25)
+            attn.W_V[head, : 2 * n, : 2 * n] = torch.eye(2 * n)
+        attn.W_O[0, :, : 2 * n] = torch.eye(2 * n)
+        attn.W_O[1, :, : 2 * n] = conj
+        for i, w in enumerate(freqs):
+            cos_in, sin_in, cos_out, sin_out = 2 * i, 2 * i + 1, 2 * n + 2 * i, 2 * n + 2 * i + 1
+            neurons = slice(i * N_PHASES, (i + 1) * N_PHASES)
+            model.embed.W_E[:p, cos_in], model.embed.W_E[:p, sin_in] = wave(p, w, x), wave(p, w, x, torch.sin)
+            mlp.W_in[cos_in, neurons], mlp.W_in[sin_in, neurons] = torch.cos(phases) / 3, -torch.sin(phases) / 3
+            mlp.W_out[neurons, cos_out] = OUTPUT_SCALE * torch.cos(2 * phases)
+            mlp.W_out[neurons, sin_out] = -OUTPUT_SCALE * torch.sin(2 * phases)
+            model.unembed.W_U[cos_out], model.unembed.W_U[sin_out] = wave(p, w, x), wave(p, w, x, torch.sin)
+    return model
+
+
+def modular_task(operation: str, p: int = P) -> ModularTask:
+    cfg = preset_config("nanda-p113").task
+    cfg.operation, cfg.p = operation, p
+    return ModularTask.from_config(cfg)
+
+
+def test_subtraction_directions_keep_exactly_the_difference_part() -> None:
+    p, w, u = 13, 3, 4
+    a, b, c = grid_coords(p)
+    signal = 3 * wave(p, w, a - b - c) + wave(p, u, a - b, torch.sin) * wave(p, 1, c)
+    other = wave(p, u, a) + wave(p, w, a + b) * wave(p, w, c)  # orthogonal to every cos/sin(w'(a-b))
+    logits = (signal + other).expand(p, p, p)
+    torch.testing.assert_close(fourier.restricted_logits(logits, [w, u], "subtract"), signal + logits.mean(dim=(0, 1)))
+    torch.testing.assert_close(fourier.excluded_logits(logits, [w, u], "subtract"), other.expand(p, p, p))
+    assert fourier.sum_index(p, "subtract")[5, 7].item() == (5 - 7) % p
+    coefs, _ = fourier.cos_coefficients(logits, [w], "subtract")
+    assert coefs.item() == pytest.approx(3 * math.sqrt(p**3 / 2))  # |cos(w(a-b-c))| over the cube
+    # The addition directions see none of it: the a-b signal is orthogonal to every cos/sin(w(a+b)).
+    assert fourier.cos_coefficients(signal.expand(p, p, p), [w])[0].item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hand_built_subtraction_circuit_is_recognised() -> None:
+    task = modular_task("subtract")
+    model = subtraction_algorithm_model(KEY_FREQS)
+    with torch.no_grad():
+        logits = last_position_logits(model, task.tokens)
+    assert (logits.argmax(-1) == task.labels).all(), "the construction must solve a - b"
+    full_loss = F.cross_entropy(logits.double(), task.labels).item()
+    assert fourier.key_frequencies(model, task) == KEY_FREQS
+    measures = fourier.checkpoint_measures(model, task, KEY_FREQS, logits=logits)
+    # Same tolerance as for a + b above (0.02 nats): the restricted logits keep a constant 2/pi envelope.
+    assert abs(measures["restricted_loss"] - full_loss) < 0.02
+    assert measures["excluded_loss"] > math.log(P)
+    assert all(measures[f"cos_coef_k{w}"] > 0 for w in KEY_FREQS)
+    # Measured along the a + b directions (the old, hard-wired ones) the circuit is invisible.
+    grid = logits.double().view(P, P, P)
+    assert fourier.restricted_loss(grid, task.labels.view(P, P), KEY_FREQS, "add") > 0.95 * math.log(P)
+    selection = fourier.select_key_frequencies(model, task)
+    assert selection.freqs == KEY_FREQS and selection.explained
+    assert set(selection.rules.values()) == {"neurons"}
+
+
+@pytest.mark.parametrize("operation", ["x2xyy2", "random"])
+def test_operations_without_a_fourier_basis_are_refused(operation: str) -> None:
+    task = modular_task(operation, p=13)
+    assert not fourier.fourier_applicable(operation)
+    model = fourier_algorithm_model([2], p=13)
+    with pytest.raises(ValueError, match="not applicable"):
+        fourier.checkpoint_measures(model, task, [2])
+    assert fourier.fourier_applicable("add") and fourier.fourier_applicable("subtract")
+
+
+# --- key-frequency selection that explains the logits ---------------------------------------------------------
+
+
+def test_selection_widens_by_embedding_norm_when_neurons_miss_a_key(algorithm_model: Transformer, task: ModularTask) -> None:
+    # Each key has 16 neurons: asking for 17 makes the neuron rule find none, as a too-strict cut would.
+    selection = fourier.select_key_frequencies(algorithm_model, task, min_neurons=N_PHASES + 1)
+    assert selection.freqs == KEY_FREQS
+    assert selection.rules == {w: "embedding norm" for w in KEY_FREQS}
+    assert selection.explained and selection.restricted_loss <= selection.factor * selection.test_loss
+    # With the default cut every key comes from its neurons and nothing is added.
+    default = fourier.select_key_frequencies(algorithm_model, task)
+    assert default.rules == {w: "neurons" for w in KEY_FREQS}
+    assert default.to_dict()["key_frequency_check"]["explained"] is True
+
+
+def test_selection_stops_at_small_embedding_norms(algorithm_model: Transformer, task: ModularTask) -> None:
+    # Two of the three keys removed from W_E's candidates by a norm floor above theirs: no widening is
+    # possible, so the check reports the set as not explaining the logits instead of inventing keys.
+    with torch.no_grad():
+        model = fourier_algorithm_model(KEY_FREQS)
+        model.embed.W_E[:P, 2:] *= 0.05  # frequencies 17 and 41 at 5% of 5's norm (below the 10% floor)
+        model.blocks[0].mlp.W_in[2:] *= 20.0  # ... while the MLP still reads them at full strength
+    selection = fourier.select_key_frequencies(model, task, min_neurons=N_PHASES + 1)
+    assert selection.freqs == [5] and selection.rules == {5: "embedding norm"}
+    assert not selection.explained
+
+
+def test_gini_of_an_all_zero_vector_is_zero() -> None:
+    assert fourier.gini(torch.zeros(56)).item() == 0.0
+    assert fourier.gini(torch.zeros(2, 5)).tolist() == [0.0, 0.0]

@@ -10,8 +10,8 @@ import torch
 from grokking import load_run
 from grokking.analysis.early_stopping import early_stopping
 from grokking.analysis.progress import analyze
-from grokking.reports import write_report
 from grokking.config import preset_config
+from grokking.reports import write_report
 from grokking.train import train
 
 

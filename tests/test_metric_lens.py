@@ -22,7 +22,6 @@ from grokking.train import train
 
 from conftest import tiny_config
 
-
 # Two-digit addition on a small model: a few seconds of training.
 TINY_ADDITION = {"n_digits": "2", "n_train": "500", "eval_examples": "40", "n_layers": "1", "d_model": "16", "n_heads": "2",
                  "d_head": "8", "d_mlp": "32", "steps": "40", "eval_every": "20", "checkpoint_every": "20", "warmup_steps": "5"}

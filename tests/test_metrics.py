@@ -13,8 +13,8 @@ from grokking.analysis import metrics as m
 from grokking.config import preset_config
 from grokking.errors import UserError
 from grokking.tasks import digit_addition as da
-from grokking.tasks.registry import build_task
 from grokking.tasks.lm_data import Example, encode
+from grokking.tasks.registry import build_task
 
 # ---- string metrics ---------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from grokking.analysis.structural import attention_entropy, weight_norms
+from grokking.analysis.structural import attention_entropy, head_averaged_attention_entropy, weight_norms
 from grokking.analysis.tree_projection import (
     Tree,
     bracket_f1,
@@ -128,6 +128,33 @@ def test_tscore_by_hand():
     assert tscore([chart, chart.tolist()]) == pytest.approx(0.3)
 
 
+def released_tscore_draw(chart: list[list[float]], rng: random.Random) -> float:
+    """The released code's estimator (`tree_projection` with `normalize=True`), written out: greedy
+    top-down splits, and at every node of >= 2 words the score of ONE uniformly random split subtracted."""
+
+    def walk(i: int, j: int) -> float:
+        if i == j:
+            return 0.0
+        best = max(range(i, j), key=lambda k: chart[i][k] + chart[k + 1][j])
+        rand = rng.randrange(i, j)
+        gain = chart[i][best] + chart[best + 1][j] - (chart[i][rand] + chart[rand + 1][j])
+        return walk(i, best) + walk(best + 1, j) + gain
+
+    return walk(0, len(chart) - 1)
+
+
+def test_tscore_is_the_expectation_of_the_released_single_draw_estimator():
+    # Same scale as the paper's numbers: the lab subtracts the mean over splits where the released code
+    # subtracts one random split, so the released value scatters around the lab's and averages to it.
+    chart = random_chart(9, torch.Generator().manual_seed(3)).tolist()
+    rng = random.Random(0)
+    draws = [released_tscore_draw(chart, rng) for _ in range(20_000)]
+    mean = sum(draws) / len(draws)
+    spread = (sum((d - mean) ** 2 for d in draws) / len(draws)) ** 0.5
+    assert abs(mean - tscore([chart])) < 4 * spread / len(draws) ** 0.5  # 4 standard errors
+    assert spread > 0.01  # one draw per sentence is noisy; the expectation is not
+
+
 def test_bracket_f1_by_hand():
     gold = [tree_spans(((0, 1), (2, 3))), tree_spans((0, (1, 2))), {(0, 1), (0, 2)}]
     pred = [tree_spans(right_branching(4)), tree_spans(left_branching(3)), {(0, 1)}]
@@ -234,6 +261,54 @@ def test_uniform_attention_has_entropy_log_prefix_length():
 def test_entropy_of_a_single_key_is_zero():
     out = attention_entropy(make_model(n_layers=1), torch.tensor([[1], [1]]))
     assert out["attn_entropy"] == pytest.approx(0.0, abs=1e-9)
+
+
+def two_head_model() -> tuple[Transformer, int]:
+    """1 layer; head 0 attends only to `<sos>`, head 1 uniformly to the word token `t` (returned)."""
+    model = make_model(n_layers=1, n_heads=2, d_model=32, positional="learned")
+    t = qf.TASK.vocab.index["the"]
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.embed.W_E[qf.TASK.vocab.sos_id, 0] = 1.0
+        model.embed.W_E[t, 1] = 1.0
+        attn = model.blocks[0].attn
+        attn.b_Q[:, 0] = 1.0
+        attn.W_K[0, 0, 0] = 100.0  # head 0: keys with the `<sos>` dim score 100 / sqrt(16) = 25
+        attn.W_K[1, 1, 0] = 100.0  # head 1: keys with the word dim
+    return model, t
+
+
+def test_head_averaged_entropy_is_the_released_quantity_and_differs_from_the_per_head_one():
+    model, t = two_head_model()
+    sos = qf.TASK.vocab.sos_id
+    sequences = [[sos, t, t, t], [sos, t]]
+    # At query q >= 1 head 0 is one-hot on <sos>, head 1 uniform over q copies of t: their average puts
+    # 1/2 on <sos> and 1/(2q) on each t, entropy ln 2 + (ln q)/2; at q = 0 both see only <sos> (0).
+    per_sentence = [sum(math.log(2) + math.log(q) / 2 for q in range(1, len(s))) for s in sequences]
+    out = head_averaged_attention_entropy(model, sequences, batch_size=1)
+    assert out["attn_entropy_headavg"] == pytest.approx(sum(per_sentence) / 2, abs=1e-6)
+    assert out["attn_sparsity_headavg"] == -out["attn_entropy_headavg"]
+    # The lab's per-head measure of the same sequences: each head's own entropy, mean over the 6 real
+    # query tokens: head 0 gives 0, head 1 ln q at each q.
+    lab = attention_entropy(model, torch.tensor([[sos, t, t, t], [sos, t, 0, 0]]), batch_size=1)
+    head1 = (math.log(1) + math.log(2) + math.log(3) + math.log(1)) / 6
+    assert lab["attn_entropy_l0h0"] == pytest.approx(0.0, abs=1e-6)
+    assert lab["attn_entropy_l0h1"] == pytest.approx(head1, abs=1e-6)
+    assert lab["attn_entropy"] == pytest.approx(head1 / 2, abs=1e-6)
+    assert out["attn_entropy_headavg"] > 5 * lab["attn_entropy"]  # not "the same up to the mean length"
+
+
+def test_head_averaged_entropy_of_uniform_attention_sums_log_prefix_lengths():
+    model = make_model(n_layers=3, n_heads=2)
+    for block in model.blocks:
+        for name in ("W_Q", "W_K", "b_Q", "b_K"):
+            getattr(block.attn, name).data.zero_()
+    sequences = [[1, 5, 6, 7, 8], [1, 9, 10]]
+    out = head_averaged_attention_entropy(model, sequences, batch_size=1)
+    expected = (sum(math.log(q + 1) for q in range(5)) + sum(math.log(q + 1) for q in range(3))) / 2
+    assert out["attn_entropy_headavg"] == pytest.approx(expected)
+    assert head_averaged_attention_entropy(model, sequences, batch_size=2) == pytest.approx(out)  # padding changes nothing
 
 
 # ---- weight norms ----------------------------------------------------------------------------------------------

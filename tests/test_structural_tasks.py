@@ -135,6 +135,8 @@ def test_held_out_lines_are_unique_and_never_in_train(fixture, request):
     lambda seed: qf.generate(seed, SMALL),
     lambda seed: ti.generate(seed, SMALL),
     lambda seed: dyck.generate(seed, sizes=SMALL_DYCK),
+    lambda seed: qf.generate(seed, SMALL, mix="grammar"),
+    lambda seed: ti.generate(seed, SMALL, mix="grammar"),
 ])  # fmt: skip
 def test_generation_is_deterministic_per_seed(generate: Callable):
     assert generate(7) == generate(7)

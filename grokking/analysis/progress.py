@@ -2,10 +2,12 @@
 
 One loop serves every task family; a *plan* says what one checkpoint's row holds and what the
 run-level summary is:
-- modular runs (`ModularPlan`): losses and accuracies over all p^2 pairs, the Fourier measures with key
-  frequencies from the final checkpoint (as in the paper), norms, phases, and (a,b) heat-maps;
+- modular runs (`ModularPlan`): losses and accuracies over all p^2 pairs (on the p answer classes, like
+  the Fourier measures), the Fourier measures with key frequencies from the final checkpoint (as in the
+  paper, widened until they explain its logits) for add and subtract, a not-applicable note instead
+  for other operations, norms, phases, and (a,b) heat-maps;
 - language runs (`StructuralPlan`, in `structural_progress.py`): the run's metrics, weight norms,
-  attention entropy/sparsity, tscore and tparseval on a fixed sample of training sentences.
+  attention entropy/sparsity, tscore and tparseval on a fixed random sample of training sentences.
 
 Files written next to the run's own:
     analysis.csv   one row per checkpoint, `step` first
@@ -31,13 +33,14 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from grokking.analysis import fourier
+from grokking.analysis.llc import LLCRequest, analyze_llc, merge_llc
 from grokking.analysis.norms import total_sq_weight_norm
 from grokking.analysis.phases import detect_phases
 from grokking.errors import UserError
 from grokking.fast_forward import last_position_logits
 from grokking.objectives import answer_loss_and_acc
 from grokking.run import Run, load_run
-from grokking.store import DERIVED_FILES, atomic_write
+from grokking.store import atomic_write
 
 SAVE_EVERY_SECONDS = 10.0
 N_MAP_STEPS = 6
@@ -61,40 +64,53 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 
 
 class ModularPlan:
-    """Fourier progress measures of a modular-arithmetic run."""
+    """Fourier progress measures of a modular-arithmetic run (add or subtract; other operations get losses only)."""
 
 
     def __init__(self, run: Run, final_step: int):
         self.run, self.task, self.final_step = run, run.task, final_step
         self.final_model = run.model(final_step)
-        self.key_freqs = fourier.key_frequencies(self.final_model, self.task)
-        self.signature = {"kind": "modular", "final_step": final_step, "key_frequencies": self.key_freqs}
+        self.applicable = fourier.fourier_applicable(self.task.operation)
+        self.selection = fourier.select_key_frequencies(self.final_model, self.task) if self.applicable else None
+        self.key_freqs = self.selection.freqs if self.selection else []
+        self.signature = {"kind": "modular", "final_step": final_step,
+                          "key_frequencies": self.key_freqs if self.applicable else None}
 
     @torch.no_grad()
     def row(self, step: int) -> tuple[dict[str, float], list[dict]]:
         model, task = self.run.model(step), self.task
         logits = last_position_logits(model, task.tokens)
-        train_loss, train_acc = answer_loss_and_acc(logits[task.train_idx], task.labels[task.train_idx])
-        test_loss, test_acc = answer_loss_and_acc(logits[task.test_idx], task.labels[task.test_idx])
+        answers = logits[:, : task.p]  # the p answer classes, as the Fourier measures (p + 1 outputs: imported runs)
+        train_loss, train_acc = answer_loss_and_acc(answers[task.train_idx], task.labels[task.train_idx])
+        test_loss, test_acc = answer_loss_and_acc(answers[task.test_idx], task.labels[task.test_idx])
         row = {"step": step, "train_loss": train_loss.item(), "test_loss": test_loss.item(),
                "train_acc": train_acc.item(), "test_acc": test_acc.item()}
-        row.update(fourier.checkpoint_measures(model, task, self.key_freqs, logits=logits))
-        row["total_sq_weight_norm"] = total_sq_weight_norm(model)
         norm_rows = []
-        for matrix, norms in (("W_E", fourier.embedding_frequency_norms(model, task.p)),
-                              ("W_L", fourier.logit_map_frequency_norms(model, task.p))):
-            norm_rows += [{"step": step, "matrix": matrix, "k": k, "norm": float(v)} for k, v in enumerate(norms.tolist())]
+        if self.applicable:
+            row.update(fourier.checkpoint_measures(model, task, self.key_freqs, logits=logits))
+            for matrix, norms in (("W_E", fourier.embedding_frequency_norms(model, task.p)),
+                                  ("W_L", fourier.logit_map_frequency_norms(model, task.p))):
+                norm_rows += [{"step": step, "matrix": matrix, "k": k, "norm": float(v)} for k, v in enumerate(norms.tolist())]
+        row["total_sq_weight_norm"] = total_sq_weight_norm(model)
         return row, norm_rows
 
     def finish(self, table: pd.DataFrame, good_steps: list[int]) -> dict:
+        phases = detect_phases(table, self.task.p).to_dict()
+        if not self.applicable:
+            maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), [0])
+            atomic_write(self.run.path / "analysis_maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
+            return {"fourier_applicable": False,
+                    "fourier_note": fourier.NOT_APPLICABLE_NOTE.format(operation=self.task.operation), "phases": phases}
         clusters = fourier.neuron_clusters(fourier.neuron_frequency_fractions(fourier.neuron_activations(self.final_model, self.task)))
         neurons = [int(torch.nonzero(clusters == k)[0]) for k in self.key_freqs if (clusters == k).any()][:4] or [0]
         maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), neurons)
         atomic_write(self.run.path / "analysis_maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
         return {
+            "fourier_applicable": True,
+            **self.selection.to_dict(),
             "key_frequencies_from_embedding": fourier.key_frequencies_from_embedding(
                 fourier.embedding_frequency_norms(self.final_model, self.task.p)),
-            "phases": detect_phases(table, self.task.p).to_dict(),
+            "phases": phases,
             "neuron_cluster_sizes": {str(k): int((clusters == k).sum()) for k in sorted(set(clusters.tolist()))},
         }
 
@@ -127,12 +143,16 @@ def _readable(run: Run, step: int, skipped: dict[int, str]) -> bool:
         return False
 
 
-def analyze(run_dir: str | Path, sample: int = 1000, progress: bool = True) -> pd.DataFrame:
+def analyze(run_dir: str | Path, sample: int = 2000, progress: bool = True, sample_seed: int = 0,
+            llc: LLCRequest | None = None) -> pd.DataFrame:
     """Compute the progress measures of every checkpoint; returns the analysis table.
 
-    `sample` is the number of training sentences the structural measures use (language runs only).
+    `sample` is the number of training examples the structural measures use, drawn at random with
+    `sample_seed` (language runs only). `llc` adds the LLC (`llc_mean`, `llc_std`) of the checkpoints it selects.
     """
     run = load_run(run_dir)
+    if llc is not None:
+        llc.validate()
     steps = run.steps
     if not steps:
         raise UserError(f"{run.path} has no checkpoints to analyse; train it first (`grokking train ... --out {run.path}`)")
@@ -142,10 +162,14 @@ def analyze(run_dir: str | Path, sample: int = 1000, progress: bool = True) -> p
         raise UserError(f"every checkpoint in {run.path} is unreadable; re-train the run")
     if run.config.task.task == "modular":
         plan: Plan = ModularPlan(run, final_step)
+    elif run.config.task.task == "icl-functions":
+        from grokking.analysis.icl import ICLPlan
+
+        plan = ICLPlan(run)
     else:
         from grokking.analysis.structural_progress import StructuralPlan
 
-        plan = StructuralPlan(run, sample)
+        plan = StructuralPlan(run, sample, sample_seed)
 
     csv_path, json_path, extra_path = run.path / "analysis.csv", run.path / "analysis.json", run.path / EXTRA_TABLE
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
@@ -183,4 +207,7 @@ def analyze(run_dir: str | Path, sample: int = 1000, progress: bool = True) -> p
     summary = {"signature": plan.signature, **plan.signature, **plan.finish(table, good_steps),
                "skipped": {str(k): v for k, v in skipped.items()}}
     atomic_write(json_path, json.dumps(summary, indent=2).encode())
+    if llc is not None:
+        table = merge_llc(table, analyze_llc(run, good_steps, llc, progress=progress))
+        write_csv(csv_path, table)
     return table

@@ -7,7 +7,8 @@ the sweep; a task that sees it trains straight into the run directory (same mach
 filesystem). A task that does not see it trains in a local temporary directory, starting from the
 run's config, metrics and resume state sent by the driver (so a retried run resumes), and returns
 every file of the run directory as bytes, which the driver writes atomically into the sweep
-directory. Results land in the same layout either way.
+directory. Results land in the same layout either way. A task lost with its node or worker process is
+resubmitted by Ray (up to NODE_FAILURE_RETRIES times), on another node when its own is gone.
 
 Ray is imported only here and only when this executor is used (`pip install 'grokking[ray]'`).
 """
@@ -33,6 +34,7 @@ from grokking.experiments.worker import Finished, Job, Outcome, Started, one_lin
 RESUME_FILES = ("config.json", "metrics.csv", "resume.safetensors")
 WRITE_LAST = ("metrics.csv", "resume.safetensors", "config.json")  # config.json last: a half-written run looks unstarted
 STOP_GRACE_SECONDS = 120.0
+NODE_FAILURE_RETRIES = 3
 
 
 def train_task(job: dict[str, Any], token: str, files: dict[str, bytes], threads: int) -> dict[str, Any]:
@@ -108,7 +110,10 @@ class RayExecutor:
         if not jobs:
             return
         ray = import_ray()
-        task = ray.remote(num_cpus=self.num_cpus, max_retries=0)(train_task)
+        # A node or worker process that dies takes its task with it: Ray resubmits it, elsewhere if the node is gone, with the
+        # same arguments (the run's state when it was handed out), so a retried run resumes as the first attempt did.
+        # An exception inside the task is an outcome, not a crash, and is never retried.
+        task = ray.remote(num_cpus=self.num_cpus, max_retries=NODE_FAILURE_RETRIES)(train_task)
         threads = max(1, int(self.num_cpus))
         token = Path(jobs[0].out).parent / f".ray-driver-{uuid.uuid4().hex}"  # every run directory shares this parent
         token.parent.mkdir(parents=True, exist_ok=True)

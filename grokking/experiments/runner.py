@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from grokking.experiments.local import LocalExecutor
 from grokking.experiments.sweep import Sweep, SweepSpec, plan_sweep
 from grokking.experiments.worker import Finished, Job, Outcome, Started
+from grokking.store import directory_lock
 
 STATUS_AFTER = {"done": "done", "failed": "failed", "interrupted": "pending"}
 
@@ -40,8 +41,20 @@ class SweepInterrupted(Exception):
 
 def run_sweep(spec: SweepSpec, out: str | Path | None = None, executor: Executor | None = None,
               device: str | None = None, progress: bool = True) -> Sweep:
-    """Run (or resume) every unfinished run of the sweep; returns the sweep with each run's final status."""
-    sweep = plan_sweep(spec, out if out is not None else spec.default_out())
+    """Run (or resume) every unfinished run of the sweep; returns the sweep with each run's final status.
+
+    The driver holds SWEEP_DIR/.lock throughout (`store.directory_lock`): a second sweep pointed at the
+    same directory refuses in one line, and a killed driver frees it.
+    """
+    path = Path(out if out is not None else spec.default_out())
+    plan_sweep(spec, path)  # a bad grid or --set fails before anything is written
+    with directory_lock(path, "`grokking sweep`"):
+        return _run_locked(spec, path, executor, device, progress)
+
+
+def _run_locked(spec: SweepSpec, out: Path, executor: Executor | None, device: str | None, progress: bool) -> Sweep:
+    """`run_sweep` once the lock is held: the plan is made again under it, from what is on disk now."""
+    sweep = plan_sweep(spec, out)
     executor = executor or LocalExecutor()
     todo = sorted((r for r in sweep.runs if r.status != "done"), key=lambda r: spec.seeds.index(r.params["seed"]))
     jobs = [Job(r.name, sweep.config(r, device).to_dict(), str(r.dir.resolve())) for r in todo]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from grokking.errors import UserError
 from grokking.experiments.grid import grid_params, run_config, run_name
-from grokking.store import atomic_write
+from grokking.store import atomic_write, checkpoint_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,8 +143,9 @@ def plan_sweep(spec: SweepSpec, out: str | Path) -> Sweep:
     """The sweep at `out`, new or resumed (same preset, grid and --set; seeds and steps may change), unsaved.
 
     Every run's config is built and validated first, so a bad value fails before anything is written.
-    Each run's status is re-derived from its directory: a run whose metrics reach the configured steps
-    is done (whatever sweep.json said), one left `running` by a killed driver is pending again.
+    Each run's status is re-derived from its directory: a run whose metrics reach the configured steps,
+    with the checkpoint of its last row written, is done (whatever sweep.json said), one left `running`
+    by a killed driver is pending again.
     """
     out = Path(out)
     for key in ("seed", *spec.grid):
@@ -163,7 +164,8 @@ def plan_sweep(spec: SweepSpec, out: str | Path) -> Sweep:
     for run in runs:
         target = sweep.config(run).train.steps
         last = run.last_step()
-        if last is not None and last >= target:
+        # The final checkpoint follows the final metrics row: a driver killed between the two has not finished the run.
+        if last is not None and last >= target and (run.dir / "checkpoints" / checkpoint_name(last)).is_file():
             run.status, run.error = "done", None
         elif run.status in ("running", "done"):
             run.status = "pending"

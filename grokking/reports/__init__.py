@@ -18,6 +18,9 @@ def write_report(run_dir: str | Path, patience: int = 5) -> Path:
     if task == "modular":
         from grokking.reports.modular import write_report as modular
         return modular(run_dir)
+    if task == "icl-functions":
+        from grokking.reports.icl import write_icl_report
+        return write_icl_report(run_dir)
     if task == "digit-addition":  # no structure to project: its report is the metric lens over training
         from grokking.reports.metric_lens import write_run_lens
         return write_run_lens(run_dir, "report.html")

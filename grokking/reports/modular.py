@@ -109,24 +109,62 @@ def maps_figure(maps: dict[str, np.ndarray], key: str, labels: list[str], title:
     return fig
 
 
-def cos_coefficient_figure(table: pd.DataFrame, phases: dict) -> go.Figure:
+def cos_coefficient_figure(table: pd.DataFrame, phases: dict, operation: str = "add") -> go.Figure:
+    s = "a-b" if operation == "subtract" else "a+b"
     fig = go.Figure()
     for col in sorted(c for c in table.columns if c.startswith("cos_coef_k")):
         fig.add_scatter(x=table.step, y=table[col], name=f"w = {col.removeprefix('cos_coef_k')}")
     _shade_phases(fig, phases)
-    fig.update_layout(title="coefficient of cos(w(a+b-c)) in the logits, per key frequency", xaxis_title="step", height=400)
+    fig.update_layout(title=f"coefficient of cos(w({s}-c)) in the logits, per key frequency", xaxis_title="step", height=400)
     return fig
 
 
-def _read(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict[str, np.ndarray]]:
-    needed = ["analysis.csv", "fourier_norms.csv", "analysis.json", "analysis_maps.safetensors"]
+def _read(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, dict, dict[str, np.ndarray]]:
+    """The analysis files; fourier_norms.csv is None for an operation whose Fourier measures do not apply."""
+    needed = ["analysis.csv", "analysis.json", "analysis_maps.safetensors"]
     missing = [n for n in needed if not (run_dir / n).is_file()]
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
     if missing:
         raise UserError(f"{run_dir} has no {missing[0]}; run `grokking analyze {run_dir}` first")
-    return (pd.read_csv(run_dir / "analysis.csv"), pd.read_csv(run_dir / "fourier_norms.csv"),
-            json.loads((run_dir / "analysis.json").read_text()), load_file(str(run_dir / "analysis_maps.safetensors")))
+    summary = json.loads((run_dir / "analysis.json").read_text())
+    norms_path = run_dir / "fourier_norms.csv"
+    if summary.get("fourier_applicable", True) and not norms_path.is_file():
+        raise UserError(f"{run_dir} has no fourier_norms.csv; run `grokking analyze {run_dir}` first")
+    norms = pd.read_csv(norms_path) if summary.get("fourier_applicable", True) else None
+    columns = ANALYSIS_COLUMNS + (FOURIER_COLUMNS if summary.get("fourier_applicable", True) else [])
+    return _read_table(run_dir / "analysis.csv", columns, run_dir), norms, summary, load_file(str(run_dir / "analysis_maps.safetensors"))
+
+
+ANALYSIS_COLUMNS = ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
+FOURIER_COLUMNS = ["restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L", "total_sq_weight_norm"]
+
+
+def _read_table(path: Path, columns: list[str], run_dir: Path) -> pd.DataFrame:
+    """analysis.csv from an older version (or damaged by hand) is one line naming it, not a traceback from a figure."""
+    fix = f"re-run `grokking analyze {run_dir}`"
+    try:
+        table = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"cannot read {path} ({' '.join(str(exc).split())}); {fix}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} is from an older version or was edited (no column {', '.join(missing)}); {fix}")
+    return table
+
+
+def _key_frequency_text(summary: dict) -> str:
+    """Key frequencies with the rule that chose each, and whether they explain the final logits."""
+    rules = summary.get("key_frequency_rules")
+    if rules is None:  # analysed before the check existed
+        return str(summary["key_frequencies"])
+    check = summary["key_frequency_check"]
+    chosen = ", ".join(f"{k} ({rule})" for k, rule in rules.items()) or "none"
+    if not check.get("generalises", True):
+        return f"{chosen}; the final model does not beat chance on the test set, so there is no circuit to check them against"
+    verdict = "explain" if check["explained"] else "do NOT explain"
+    return (f"{chosen}; they {verdict} the final logits: restricted loss {check['restricted_loss']:.3g} vs test loss "
+            f"{check['test_loss']:.3g} (target: within {check['factor']:g}x)")
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -137,19 +175,29 @@ def write_report(run_dir: str | Path) -> Path:
     phases = summary["phases"]
     final = table.iloc[-1]
     page = Page(f"Grokking report: {config.get('preset') or run_dir.name} (p={config['task']['p']}, seed {config['train']['seed']})")
+    applicable = summary.get("fourier_applicable", True)
+    fourier_rows = {
+        "key frequencies (rule per key)": _key_frequency_text(summary),
+        "key frequencies (W_E norms >= half the largest)": summary.get("key_frequencies_from_embedding"),
+    } if applicable else {"Fourier measures": summary.get("fourier_note")}
     page.section("Summary").table({
         "run directory": str(run_dir.resolve()),
+        "operation": config["task"].get("operation", "add"),
         "checkpoints analysed": len(table),
         "final step": int(final.step),
         "final train / test accuracy": f"{final.train_acc:.2%} / {final.test_acc:.2%}",
         "final train / test loss": f"{final.train_loss:.3g} / {final.test_loss:.3g}",
-        "key frequencies (neurons)": summary["key_frequencies"],
-        "key frequencies (W_E norms)": summary.get("key_frequencies_from_embedding"),
+        **fourier_rows,
         "phase boundaries": f"memorisation ends {phases['memorisation_end']}, circuit formation ends "
                             f"{phases['circuit_formation_end']}, cleanup ends {phases['cleanup_end']}",
         "skipped checkpoints": ", ".join(summary.get("skipped", {})) or "none",
     })
     page.section("Loss and accuracy", "Shaded: the phases found by grokking.analysis.phases (rule in its docstring).").figure(loss_figure(table, phases))
+    if not applicable:
+        page.section("Fourier measures: not applicable", summary.get("fourier_note"))
+        out = run_dir / "report.html"
+        page.write(out)
+        return out
     page.section("Progress measures", "Restricted loss keeps only the key-frequency components of the logits; excluded loss removes them "
                  "and is measured on the training data. Restricted loss falls, and excluded loss rises, before the test loss drops.")
     page.figure(progress_figure(table, phases))
@@ -159,7 +207,10 @@ def write_report(run_dir: str | Path) -> Path:
                  "frequency; the slider moves through training.")
     page.figure(maps_figure(maps, "attention_to_a", [f"head {h}" for h in range(maps["attention_to_a"].shape[1])], "attention '=' -> a"))
     page.figure(maps_figure(maps, "neuron_acts", [f"neuron {n}" for n in maps["neurons"].tolist()], "neuron activations"))
-    page.section("Logit structure").figure(cos_coefficient_figure(table, phases))
+    page.section("Logit structure").figure(cos_coefficient_figure(table, phases, config["task"].get("operation", "add")))
+    from grokking.reports.llc import add_llc_section  # here: reports.llc draws with this module's phase shading
+
+    add_llc_section(page, run_dir)
     out = run_dir / "report.html"
     page.write(out)
     return out

@@ -34,17 +34,20 @@ def accuracy_figure(metrics: pd.DataFrame, stopping: EarlyStopping | None) -> go
 
 
 def measures_figure(table: pd.DataFrame) -> go.Figure:
-    panels = [("weight_norm", "weight norm (L2, all parameters)"), ("attn_sparsity", "attention sparsity (-mean entropy)"),
-              ("tscore", "tscore (tree-structuredness)"), ("tparseval", "tparseval (bracketing F1 vs gold)")]
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels])
+    panels = [("weight_norm", "weight norm (L2, all parameters)"), ("tscore", "tscore (tree-structuredness)"),
+              ("attn_sparsity", "attention sparsity, per head (-entropy per head and token, mean)"),
+              ("attn_sparsity_headavg", "attention sparsity, released code (-entropy of head-averaged attention, summed per sentence)"),
+              ("tparseval", "tparseval (bracketing F1 vs gold)")]
+    fig = make_subplots(rows=3, cols=2, subplot_titles=[t for _, t in panels])
     for i, (col, _) in enumerate(panels):
         if col in table:
             fig.add_scatter(x=table.step, y=table[col], name=col, row=i // 2 + 1, col=i % 2 + 1)
     for baseline, dash in (("tparseval_right_branching", "dash"), ("tparseval_left_branching", "dot")):
         if baseline in table:
-            fig.add_scatter(x=table.step, y=table[baseline], name=baseline.removeprefix("tparseval_"), line_dash=dash, row=2, col=2)
+            fig.add_scatter(x=table.step, y=table[baseline], name=baseline.removeprefix("tparseval_"), line_dash=dash, row=3, col=1)
     fig.update_xaxes(title_text="step")
-    fig.update_layout(height=650)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=900)
     return fig
 
 
@@ -100,7 +103,8 @@ def write_structural_report(run_dir: Path, patience: int = 5) -> Path:
     page.section("Summary").table({
         "run directory": str(run_dir.resolve()), "checkpoints analysed": len(table), "final step": int(final.step),
         "final val / gen accuracy": f"{final.get('val_acc', float('nan')):.1%} / {final.get('gen_acc', float('nan')):.1%}",
-        "analysis sample (training sentences)": summary.get("sample"),
+        "analysis sample": f"{summary.get('sample')} random training examples (seed {summary.get('sample_seed', 'n/a')}), "
+                           f"{summary.get('sample_declaratives', 'n/a')} declaratives projected",
     })
     page.section("Early stopping vs extended training",
                  "Where early stopping on in-distribution validation accuracy would have left this run (dashed: first "
@@ -116,6 +120,9 @@ def write_structural_report(run_dir: Path, patience: int = 5) -> Path:
         page.table({f"step {s}": f"greedy {t['brackets']['greedy']} | cky {t['brackets']['cky']} | gold {t['brackets']['gold']} "
                                  f"| tparseval {t['tparseval']['greedy']:.2f}" for s, t in trees.items()})
         page.figure(sci_figure(trees))
+    from grokking.reports.llc import add_llc_section  # here, as in reports.modular, which reports.llc imports
+
+    add_llc_section(page, run_dir)
     out = run_dir / "report.html"
     page.write(out)
     return out

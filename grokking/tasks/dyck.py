@@ -14,14 +14,18 @@ structure never seen in training.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 import string
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, length_batches, pad
+from grokking.errors import UserError
+from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, length_batches, numbered_examples, pad
 
 SIZES = {"train": 200_000, "dev": 20_000, "gen": 20_000}
 
@@ -154,6 +158,73 @@ def score(
                     right_far, total_far = right_far + ok, total_far + 1
     nan = float("nan")
     return {"acc": right / total if total else nan, "acc_dist10": right_far / total_far if total_far else nan}
+
+
+# ---- statistics of a data directory ----------------------------------------------------------------------
+
+LENGTH_BINS = (6, 11, 21, 41, 81, 161)  # lower edges of the length bins `stats_report` shows
+
+
+def max_depth(words: Sequence[str]) -> int:
+    depth = deepest = 0
+    for w in words:
+        depth += 1 if w.startswith("(") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _profile(strings: Sequence[Sequence[str]]) -> dict[str, Counter]:
+    return {
+        "length": Counter(LENGTH_BINS[bisect.bisect_right(LENGTH_BINS, len(s)) - 1] for s in strings),
+        "depth": Counter(max_depth(s) for s in strings),
+    }
+
+
+def stats_report(task: LMTask, directory: Path, n_reference: int = 20_000) -> list[str]:
+    """Lengths, maximum depths and unseen segment structures of every `dyck.<split>` file in `directory`
+    (any source), next to `n_reference` fresh strings of the automaton (the paper's sampling rule)."""
+    from grokking.tasks.structure_mix import tvd
+
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory")
+    paths = {s: directory / f"{task.file_stem}.{s}" for s in task.split_names if (directory / f"{task.file_stem}.{s}").is_file()}
+    if not paths:
+        raise UserError(f"{directory}: no {task.file_stem}.{{{','.join(task.split_names)}}} file is there")
+    data = {}
+    for split, path in paths.items():
+        data[split] = []
+        for lineno, ex in numbered_examples(path, task.vocab, paired=False):
+            words = ex.input.split()
+            if not is_balanced(words, int(task.params["m"])):
+                raise UserError(f"{path}:{lineno}: not a balanced string of depth at most {task.params['m']}")
+            data[split].append(words)
+    rng = random.Random("dyck:reference")
+    k, m, min_len = (int(task.params[key]) for key in ("k", "m", "min_len"))  # type: ignore[call-overload]
+    columns = {split: _profile(strings) for split, strings in data.items()}
+    columns["automaton"] = _profile([sample(rng, k, m, min_len) for _ in range(n_reference)])
+    seen = {seg for s in data.get("train", []) for seg in segments(s)}
+    train = {" ".join(s) for s in data.get("train", [])}
+    out = [f"{'split':<6} {'strings':>8} {'mean len':>8} {'max len':>7} {'mean depth':>10} {'TVD len':>8} {'TVD depth':>9} "
+           f"{'unseen structure':>16} {'in train':>8}"]  # fmt: skip
+    def share(hits: int, n: int, known: bool) -> str:
+        return f"{100 * hits / n:.1f}%" if known else "-"
+
+    for split, strings in data.items():
+        unseen = share(sum(any(seg not in seen for seg in segments(s)) for s in strings), len(strings), bool(seen))
+        in_train = share(sum(" ".join(s) in train for s in strings), len(strings), bool(train) and split != "train")
+        prof = columns[split]
+        out.append(f"{split:<6} {len(strings):>8} {sum(map(len, strings)) / len(strings):>8.1f} {max(map(len, strings)):>7} "
+                   f"{sum(map(max_depth, strings)) / len(strings):>10.2f} {tvd(prof['length'], columns['automaton']['length']):>8.3f} "
+                   f"{tvd(prof['depth'], columns['automaton']['depth']):>9.3f} {unseen:>16} {in_train:>8}")  # fmt: skip
+    header = "".join(f"{c:>10}" for c in columns)
+    out += ["", f"{'length (shares in %)':<20}{header}"]
+    for lo, hi in zip(LENGTH_BINS, (*LENGTH_BINS[1:], None)):
+        label = f"{lo}-{hi - 1}" if hi else f"{lo}+"
+        out.append(f"{label:<20}" + "".join(f"{100 * c['length'][lo] / c['length'].total():10.1f}" for c in columns.values()))
+    out += ["", f"{'max depth':<20}{header}"]
+    for d in range(1, m + 1):
+        out.append(f"{d:<20}" + "".join(f"{100 * c['depth'][d] / c['depth'].total():10.1f}" for c in columns.values()))
+    return out
 
 
 def make_task(k: int = 20, m: int = 10, sizes: dict[str, int] = SIZES, min_len: int = 6) -> LMTask:

@@ -13,7 +13,7 @@ import hashlib
 import importlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +108,14 @@ def read_examples(path: str | Path, vocab: Vocab, paired: bool = True) -> list[E
     Any malformed line or unknown token is a `UserError` naming file and line, because such files come
     from users (published data, other labs) and a silent mismatch would poison training.
     """
+    return [ex for _, ex in numbered_examples(path, vocab, paired)]
+
+
+def numbered_examples(path: str | Path, vocab: Vocab, paired: bool = True) -> Iterator[tuple[int, Example]]:
+    """`read_examples` with each example's line number, for checks that must name the line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such data file")
-    examples = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
@@ -127,8 +131,7 @@ def read_examples(path: str | Path, vocab: Vocab, paired: bool = True) -> list[E
             unknown = next((w for w in ex.words if w not in vocab), None)
             if unknown is not None:
                 raise UserError(f"{path}:{lineno}: token {unknown!r} is not in the vocabulary of this task")
-            examples.append(ex)
-    return examples
+            yield lineno, ex
 
 
 def write_examples(path: str | Path, examples: Iterable[Example], paired: bool = True) -> None:
@@ -227,6 +230,8 @@ class LMTask:
     generate: Callable[[int], dict[str, list[Example]]]
     score: Scorer
     paired: bool = True  # lines are `input<TAB>target`; Dyck lines are one bare string
+    # A line's published structure cell and words per declarative (QF and TI; see structure_mix.py).
+    structure: Callable[[Example], tuple[tuple[str, str, str], int]] | None = None
 
     def splits(self, data_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Example]]:
         """Read published-format files from `data_dir`, else generate for `seed` (cached on disk)."""
@@ -269,9 +274,11 @@ LM_TASKS: dict[str, str] = {
 }
 
 
-def get_lm_task(name: str) -> LMTask:
+def get_lm_task(name: str, mix: str = "published") -> LMTask:
+    """The task `name`; `mix` picks the structure mix where a task has several (QF, TI; Dyck has one)."""
     if name not in LM_TASKS:
         close = difflib.get_close_matches(name, list(LM_TASKS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f"; choose one of {', '.join(LM_TASKS)}"
         raise UserError(f"unknown LM task '{name}'{hint}")
-    return importlib.import_module(LM_TASKS[name]).TASK
+    module = importlib.import_module(LM_TASKS[name])
+    return getattr(module, "TASKS", {}).get(mix, module.TASK)

@@ -12,15 +12,21 @@ Split rules, as in the published files (McCoy et al.'s `question.*`):
 - gen: `quest` only. The subject is `Det N RC`, the RC auxiliary has the main auxiliary's number but
   the opposite polarity (does/doesn't, do/don't), and the object has no relative clause. The first
   auxiliary is then never the main one, and moving it gives a visibly different first word.
+
+Two mixes of sentence structures (config key `mix`): `published` (default) draws each split in the
+structure mix of the published files (`structure_mix.py`, `published_mix.py`), every line unique within
+and across splits; `grammar` samples the grammar by its rule weights, the lab's generator before 2026-11-30.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import product
 
 from grokking.tasks.grammar import GoldTree, Grammar, Sampler, Tree, gold_tree, parse, terminals
 from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, draw_unique, next_token_logits
+from grokking.tasks.structure_mix import Frames, Slot, Space, Template, classify, coarse, draw, published_weights, templates
 
 DETS = ("the", "some", "my", "your", "our", "her")
 NOUNS_SG = ("newt", "orangutan", "peacock", "quail", "raven", "salamander", "tyrannosaurus", "unicorn", "vulture",
@@ -123,11 +129,14 @@ def gold_parse(sentence: str | Example) -> GoldTree:
 
 
 def _example(tree: Tree, marker: str) -> Example:
-    subject = _subject_and_vp(tree)[0]
-    words = tree.leaves[:-1]
+    return _line(tree.leaves[:-1], len(_subject_and_vp(tree)[0].leaves), marker)
+
+
+def _line(words: Sequence[str], main_aux: int, marker: str) -> Example:
+    """The line of a declarative (without `.`) whose main auxiliary is `words[main_aux]`."""
     if marker == DECL:
         return Example(" ".join([*words, ".", DECL]), " ".join([*words, "."]))
-    i = len(subject.leaves)
+    i = main_aux
     return Example(" ".join([*words, ".", QUEST]), " ".join([words[i], *words[:i], *words[i + 1 :], "?"]))
 
 
@@ -151,9 +160,14 @@ def _draw_gen(sampler: Sampler, rng: random.Random) -> Example:
             return _example(tree, QUEST)
 
 
-def generate(seed: int, sizes: dict[str, int] = SIZES) -> dict[str, list[Example]]:
-    """All four splits for `seed`. Train is drawn i.i.d. (repeats allowed, as the grammar weights
-    them); dev/test/gen lines are unique and never occur in train or in another held-out split."""
+def generate(seed: int, sizes: dict[str, int] = SIZES, mix: str = "published") -> dict[str, list[Example]]:
+    """All four splits for `seed`, in the published structure mix or (`mix="grammar"`) by rule weights."""
+    return _generate_published(seed, sizes) if mix == "published" else _generate_by_grammar(seed, sizes)
+
+
+def _generate_by_grammar(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
+    """Train is drawn i.i.d. (repeats allowed, as the grammar weights them); dev/test/gen lines are
+    unique and never occur in train or in another held-out split."""
     rng = random.Random(f"question-formation:{seed}")
     sampler, gen_sampler = Sampler(GRAMMAR), Sampler(GEN_GRAMMAR)
     train = [_draw_in_distribution(sampler, rng) for _ in range(sizes["train"])]
@@ -163,6 +177,71 @@ def generate(seed: int, sizes: dict[str, int] = SIZES) -> dict[str, list[Example
         out[split] = draw_unique(lambda: _draw_in_distribution(sampler, rng), sizes[split], seen)
     out["gen"] = draw_unique(lambda: _draw_gen(gen_sampler, rng), sizes["gen"], seen)
     return out
+
+
+# ---- generation in the published mix ---------------------------------------------------------------------
+
+TAGS = {**dict.fromkeys(DETS, "D"), **dict.fromkeys(NOUNS_SG + NOUNS_PL, "N"), **dict.fromkeys(AUXILIARIES, "A"),
+        **dict.fromkeys(VERBS_INTRANS, "I"), **dict.fromkeys(VERBS_TRANS, "T"), **dict.fromkeys(PREPS, "P"),
+        **dict.fromkeys(RELS, "R")}  # fmt: skip
+SUBJECT_WORDS = {"none": 2, "PP": 5, "RC-subj-gap/intr": 5, "RC-subj-gap/trans": 7, "RC-obj-gap": 7}
+_NOUNS = {"S": NOUNS_SG, "P": NOUNS_PL}
+
+
+def _noun_phrase(n: str, kind: str, inner: str, rc_aux: Callable[[str], Slot]) -> list[Slot]:
+    """Slots of `Det N_n` with modifier `kind`; `inner` is the number of an object-gap clause's noun,
+    `rc_aux(number)` the auxiliaries a relative clause may take."""
+    head = [DETS, _NOUNS[n]]
+    return head + {
+        "none": [],
+        "PP": [PREPS, DETS, NOUNS_SG + NOUNS_PL],
+        "RC-subj-gap/intr": [RELS, rc_aux(n), VERBS_INTRANS],
+        "RC-subj-gap/trans": [RELS, rc_aux(n), VERBS_TRANS, DETS, NOUNS_SG + NOUNS_PL],
+        "RC-obj-gap": [RELS, DETS, _NOUNS[inner], rc_aux(inner), VERBS_TRANS],
+    }[kind]
+
+
+def _frames(t: Template, rule: str) -> Frames:
+    """Every declarative of template `t` that split rule `rule` (`in` or `gen`) allows."""
+    subject_rc = t.subject.startswith("RC")
+    if rule == "in" and t.marker == QUEST and subject_rc:
+        return Frames([])
+    if rule == "gen" and (t.marker != QUEST or not subject_rc or t.after.startswith("RC")):
+        return Frames([])
+    frames = []
+    for n, inner, obj, obj_inner, polarity in product("SP", "SP", "SP", "SP", (0, 1)):
+        if rule == "gen":  # the clause's auxiliary: the main one's number, the other polarity
+            if inner != n:
+                continue
+            main, rc_aux = (AUX[n][polarity],), (lambda _: (AUX[n][1 - polarity],))
+        else:
+            main, rc_aux = AUX[n], (lambda m: AUX[m])
+        vp = [main, VERBS_INTRANS] if t.after == "intransitive" else \
+            [main, VERBS_TRANS, *_noun_phrase(obj, t.after, obj_inner, lambda m: AUX[m])]  # fmt: skip
+        frames.append(tuple(_noun_phrase(n, t.subject, inner, rc_aux) + vp))
+    return Frames(frames)
+
+
+def spaces() -> dict[str, Space]:
+    """The lines each split rule allows, per template."""
+    return {rule: {t: _frames(t, rule) for t in templates((DECL, QUEST))} for rule in ("in", "gen")}
+
+
+def _generate_published(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
+    rng = random.Random(f"question-formation:published:{seed}")
+    by_rule, rules = spaces(), {s: "gen" if s == "gen" else "in" for s in sizes}
+    weights = {s: published_weights("question", by_rule[rules[s]], s) for s in sizes}
+    lines = draw(rng, sizes, rules, by_rule, weights)
+    return {s: [_line(words, SUBJECT_WORDS[t.subject], t.marker) for t, words in lines[s]] for s in sizes}
+
+
+def structure(example: Example) -> tuple[tuple[str, str, str], int]:
+    """The published cell of a line and its words per declarative (ValueError if it is not a QF line)."""
+    words = example.input.split()
+    if words[-2:-1] != ["."] or words[-1] not in (DECL, QUEST):
+        raise ValueError(f"expected '<declarative> . {DECL}|{QUEST}', got {example.input!r}")
+    subject, after = classify(words[:-2], TAGS, aux=True)
+    return (coarse(subject), coarse(after), words[-1]), len(words) - 2
 
 
 # ---- scoring --------------------------------------------------------------------------------------------
@@ -217,16 +296,20 @@ def subject_relative_gap(words: Sequence[str]) -> str | None:
     return "subj" if words[rel + 1] in AUXILIARIES else "obj"
 
 
-def make_task(sizes: dict[str, int] = SIZES) -> LMTask:
+def make_task(sizes: dict[str, int] = SIZES, mix: str = "published") -> LMTask:
+    # The grammar mix keeps its old parameters, so data cached before the published mix existed is reused.
+    params = {"version": 1, "sizes": dict(sizes)} if mix == "grammar" else {"version": 2, "mix": mix, "sizes": dict(sizes)}
     return LMTask(
         name="question-formation",
         file_stem="question",
         split_names=("train", "dev", "test", "gen"),
         vocab=Vocab(terminals(GRAMMAR) | {"?", DECL, QUEST}),
-        params={"version": 1, "sizes": dict(sizes)},
-        generate=lambda seed: generate(seed, sizes),
+        params=params,
+        generate=lambda seed: generate(seed, sizes, mix),
         score=score,
+        structure=structure,
     )
 
 
 TASK = make_task()
+TASKS = {"published": TASK, "grammar": make_task(mix="grammar")}

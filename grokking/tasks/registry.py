@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grokking.config import DIGIT_ADDITION, LM_TASK_NAMES, RunConfig
+from grokking.config import DIGIT_ADDITION, ICL_FUNCTIONS, LM_TASK_NAMES, RunConfig
 from grokking.errors import UserError
-from grokking.tasks import digit_addition
+from grokking.tasks import digit_addition, icl_functions
 from grokking.tasks.lm_data import Encoded, Example, LMTask, encode, get_lm_task
 from grokking.tasks.modular import ModularTask
 
@@ -44,7 +44,7 @@ class LMRunData:
 
 def build_lm_data(cfg: RunConfig) -> LMRunData:
     t = cfg.task
-    task = get_lm_task(t.task)
+    task = get_lm_task(t.task, t.mix)
     splits = task.splits(t.data_dir or None, seed=t.data_seed)
     train = [ex for ex in splits["train"] if not t.max_len or len(ex.words) + 2 <= t.max_len]
     if not train:
@@ -67,14 +67,16 @@ def build_digit_addition_data(cfg: RunConfig) -> LMRunData:
     return LMRunData(task, train, encode(train, task.vocab), eval_sets, scored_splits=("train", "test"))
 
 
-def build_task(cfg: RunConfig) -> ModularTask | LMRunData:
+def build_task(cfg: RunConfig) -> ModularTask | LMRunData | icl_functions.ICLTask:
     """The task of a config; fills the model's vocabulary and context sizes from it."""
     if cfg.task.task == "modular":
-        task: ModularTask | LMRunData = ModularTask.from_config(cfg.task)
+        task: ModularTask | LMRunData | icl_functions.ICLTask = ModularTask.from_config(cfg.task)
     elif cfg.task.task in LM_TASK_NAMES:
         task = build_lm_data(cfg)
     elif cfg.task.task == DIGIT_ADDITION:
         task = build_digit_addition_data(cfg)
+    elif cfg.task.task == ICL_FUNCTIONS:
+        task = icl_functions.from_config(cfg.task)
     else:
         raise UserError(f"unknown task '{cfg.task.task}'; choose 'modular', {', '.join(LM_TASK_NAMES)} or {DIGIT_ADDITION}")
     cfg.model.d_vocab, cfg.model.d_vocab_out, cfg.model.n_ctx = task.d_vocab, task.d_vocab_out, task.n_ctx

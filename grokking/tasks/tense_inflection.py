@@ -11,16 +11,21 @@ Split rules, as in the published files (McCoy et al.'s `tense.*`):
   `PRESENT` whose subject and most recent noun differ in number is redrawn.
 - gen: `PRESENT` lines whose subject and most recent noun differ in number (the published `tense.gen`
   has no `PAST` lines).
+
+Two mixes of sentence structures (config key `mix`), as for question formation: `published` (default)
+matches the published files' mix with every line unique; `grammar` samples by the rule weights.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from itertools import product
 
 from grokking.tasks.grammar import GoldTree, Grammar, Sampler, Tree, gold_tree, parse, terminals
 from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, draw_unique, greedy_decode
 from grokking.tasks.question_formation import DETS, NOUNS_PL, NOUNS_SG, PREPS, RELS, SIZES, VERBS_INTRANS, VERBS_TRANS
+from grokking.tasks.structure_mix import Frames, Slot, Space, Template, classify, coarse, draw, published_weights, templates
 
 PAST_FORMS = dict(zip(
     VERBS_INTRANS + VERBS_TRANS,
@@ -119,7 +124,11 @@ def gold_parse(sentence: str | Example) -> GoldTree:
 
 
 def _example(tree: Tree, marker: str) -> Example:
-    present = tree.leaves
+    return _line(tree.leaves, marker)
+
+
+def _line(present: Sequence[str], marker: str) -> Example:
+    """The line of a present-tense sentence (with its `.`): the input is always in the past."""
     past = " ".join(TO_PAST.get(w, w) for w in present)
     return Example(f"{past} {marker}", past if marker == PAST else " ".join(present))
 
@@ -140,9 +149,14 @@ def _draw_gen(sampler: Sampler, rng: random.Random) -> Example:
             return _example(tree, PRESENT)
 
 
-def generate(seed: int, sizes: dict[str, int] = SIZES) -> dict[str, list[Example]]:
-    """All four splits for `seed`. Train is drawn i.i.d. (repeats allowed, as the grammar weights
-    them); dev/test/gen lines are unique and never occur in train or in another held-out split."""
+def generate(seed: int, sizes: dict[str, int] = SIZES, mix: str = "published") -> dict[str, list[Example]]:
+    """All four splits for `seed`, in the published structure mix or (`mix="grammar"`) by rule weights."""
+    return _generate_published(seed, sizes) if mix == "published" else _generate_by_grammar(seed, sizes)
+
+
+def _generate_by_grammar(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
+    """Train is drawn i.i.d. (repeats allowed, as the grammar weights them); dev/test/gen lines are
+    unique and never occur in train or in another held-out split."""
     rng = random.Random(f"tense-inflection:{seed}")
     sampler = Sampler(GRAMMAR)
     train = [_draw_in_distribution(sampler, rng) for _ in range(sizes["train"])]
@@ -152,6 +166,65 @@ def generate(seed: int, sizes: dict[str, int] = SIZES) -> dict[str, list[Example
         out[split] = draw_unique(lambda: _draw_in_distribution(sampler, rng), sizes[split], seen)
     out["gen"] = draw_unique(lambda: _draw_gen(sampler, rng), sizes["gen"], seen)
     return out
+
+
+# ---- generation in the published mix ---------------------------------------------------------------------
+
+TAGS = {**dict.fromkeys(DETS, "D"), **dict.fromkeys(NOUN_NUMBER, "N"), **dict.fromkeys(PREPS, "P"),
+        **dict.fromkeys(RELS, "R"), **{PAST_FORMS[v]: "I" for v in VERBS_INTRANS},
+        **{PAST_FORMS[v]: "T" for v in VERBS_TRANS}}  # fmt: skip
+_NOUNS = {"sg": NOUNS_SG, "pl": NOUNS_PL}
+_INTRANS = {n: tuple(present_form(v, n) for v in VERBS_INTRANS) for n in NUMBERS}
+_TRANS = {n: tuple(present_form(v, n) for v in VERBS_TRANS) for n in NUMBERS}
+
+
+def _noun_phrase(n: str, kind: str, last: str) -> list[Slot]:
+    """Slots of `Det N_n` with modifier `kind` (present tense); `last` is the number of the modifier's
+    noun (the prepositional object, the clause's object, or the object-gap clause's subject)."""
+    return [DETS, _NOUNS[n]] + {
+        "none": [],
+        "PP": [PREPS, DETS, _NOUNS[last]],
+        "RC-subj-gap/intr": [RELS, _INTRANS[n]],
+        "RC-subj-gap/trans": [RELS, _TRANS[n], DETS, _NOUNS[last]],
+        "RC-obj-gap": [RELS, DETS, _NOUNS[last], _TRANS[last]],
+    }[kind]
+
+
+def _frames(t: Template, rule: str) -> Frames:
+    """Every present-tense sentence of template `t` that split rule `rule` (`in` or `gen`) allows."""
+    if rule == "gen" and t.marker != PRESENT:
+        return Frames([])
+    frames = []
+    for n, last, obj, obj_last in product(NUMBERS, repeat=4):
+        # the noun right before the main verb: the subject's own unless its modifier ends in a noun
+        conflict = t.subject not in ("none", "RC-subj-gap/intr") and last != n
+        if not (conflict if rule == "gen" else not conflict or t.marker == PAST):
+            continue
+        vp = [_INTRANS[n]] if t.after == "intransitive" else [_TRANS[n], *_noun_phrase(obj, t.after, obj_last)]
+        frames.append(tuple(_noun_phrase(n, t.subject, last) + vp))
+    return Frames(frames)
+
+
+def spaces() -> dict[str, Space]:
+    """The lines each split rule allows, per template."""
+    return {rule: {t: _frames(t, rule) for t in templates((PAST, PRESENT))} for rule in ("in", "gen")}
+
+
+def _generate_published(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
+    rng = random.Random(f"tense-inflection:published:{seed}")
+    by_rule, rules = spaces(), {s: "gen" if s == "gen" else "in" for s in sizes}
+    weights = {s: published_weights("tense", by_rule[rules[s]], s) for s in sizes}
+    lines = draw(rng, sizes, rules, by_rule, weights)
+    return {s: [_line([*words, "."], t.marker) for t, words in lines[s]] for s in sizes}
+
+
+def structure(example: Example) -> tuple[tuple[str, str, str], int]:
+    """The published cell of a line and its words per declarative (ValueError if it is not a TI line)."""
+    words = example.input.split()
+    if words[-2:-1] != ["."] or words[-1] not in (PAST, PRESENT):
+        raise ValueError(f"expected '<past-tense sentence> . {PAST}|{PRESENT}', got {example.input!r}")
+    subject, after = classify(words[:-2], TAGS, aux=False)
+    return (coarse(subject), coarse(after), words[-1]), len(words) - 2
 
 
 # ---- scoring --------------------------------------------------------------------------------------------
@@ -192,16 +265,20 @@ def score(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab, batch_
     }
 
 
-def make_task(sizes: dict[str, int] = SIZES) -> LMTask:
+def make_task(sizes: dict[str, int] = SIZES, mix: str = "published") -> LMTask:
+    # The grammar mix keeps its old parameters, so data cached before the published mix existed is reused.
+    params = {"version": 1, "sizes": dict(sizes)} if mix == "grammar" else {"version": 2, "mix": mix, "sizes": dict(sizes)}
     return LMTask(
         name="tense-inflection",
         file_stem="tense",
         split_names=("train", "dev", "test", "gen"),
         vocab=Vocab(terminals(GRAMMAR) | terminals(PAST_GRAMMAR) | {PAST, PRESENT}),
-        params={"version": 1, "sizes": dict(sizes)},
-        generate=lambda seed: generate(seed, sizes),
+        params=params,
+        generate=lambda seed: generate(seed, sizes, mix),
         score=score,
+        structure=structure,
     )
 
 
 TASK = make_task()
+TASKS = {"published": TASK, "grammar": make_task(mix="grammar")}
