@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -228,11 +229,12 @@ def default_outs(preset: str, seeds: Sequence[int], out: Path | None = None) -> 
 
 
 def open_batch(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path], fresh: bool = False,
-               member_chunk: int | None = None) -> tuple[list[Trainer], BatchedTrainer | None]:
+               member_chunk: int | None = None, held: ExitStack | None = None) -> tuple[list[Trainer], BatchedTrainer | None]:
     """Every seed's trainer, resumed from its run directory, and the batch of those still to train (None: all done).
 
     Seeds whose directory already holds the finished run are left out of the batch; the others must be at
-    one step (they are, unless some were trained apart).
+    one step (they are, unless some were trained apart). With `held`, every seed's run directory is locked
+    (one writer each, as `train` does) until `held` closes.
     """
     cfg.validate()
     if len(seeds) < 1:
@@ -244,11 +246,14 @@ def open_batch(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path],
                         "dropout masks of their solo runs; train these seeds one by one")
     device = resolve_device(cfg.train.device)
     runs = [RunDir(out) for out in outs]
-    if fresh:
-        for run in runs:
-            if run.exists():
-                run.clear()
     with removed_on_failure([run.path for run in runs]):
+        if held is not None:
+            for run in runs:
+                held.enter_context(run.locked("`grokking train --batch-seeds`"))
+        if fresh:
+            for run in runs:
+                if run.exists():
+                    run.clear()
         task = build_task(cfg)  # fills the vocabulary sizes in, so every seed's config carries them
         members = [_Member(seed_config(cfg, seed), run, device, task) for seed, run in zip(seeds, runs)]
         for member in members:
@@ -266,7 +271,11 @@ def train_batched(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Pat
 
     Returns every seed's trainer (`.run`, `.last_row`, `.elapsed`), finished ones included (see `open_batch`).
     """
-    members, batch = open_batch(cfg, seeds, outs, fresh, member_chunk)
+    with ExitStack() as held:
+        return _train_open_batch(cfg, *open_batch(cfg, seeds, outs, fresh, member_chunk, held), progress)
+
+
+def _train_open_batch(cfg: RunConfig, members: list[Trainer], batch: BatchedTrainer | None, progress: bool) -> list[Trainer]:
     if progress:
         for member in members:
             if batch is None or member not in batch.members:

@@ -194,7 +194,7 @@ def test_cli_ctrl_c_saves_every_seed_and_resume_is_bit_identical(tmp_path: Path)
 
 def test_a_batched_seed_is_an_ordinary_run_directory(tmp_path: Path) -> None:
     train_batched(tiny_config(steps="20"), [0, 1], [tmp_path / "s0", tmp_path / "s1"], progress=False)
-    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["checkpoints", "config.json", "metrics.csv", "resume.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == [".lock", "checkpoints", "config.json", "metrics.csv", "resume.safetensors"]
     assert not list(tmp_path.glob("**/.*tmp*")), "no temporary files left behind"
     assert analyze(tmp_path / "s1", progress=False).step.tolist() == [0, 20]
     assert "<html" in write_report(tmp_path / "s1").read_text()

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from grokking.batched import train_batched
 from grokking.errors import UserError
+from grokking.store import RunDir
 
 from conftest import files_of, finish_child, in_child, pause_training_at, start_child, tiny_config, tiny_sweep, training_files, wait_for
 
@@ -58,3 +60,14 @@ def test_second_sweep_refuses_and_a_killed_driver_frees_the_lock(tmp_path: Path)
     assert finish_child(pid) == -signal.SIGKILL
     assert in_child(lambda: run_sweep(spec, out, progress=False)) == 0
     assert load_sweep(out).counts()["done"] == 2
+
+
+def test_batched_seeds_refuse_a_run_directory_in_use(tmp_path: Path) -> None:
+    """Promise: `--batch-seeds` takes every seed's run lock too, so it never interleaves with another writer."""
+    busy, free = tmp_path / "seed0", tmp_path / "seed1"
+    with RunDir(busy).locked("another `grokking train`"):
+        with pytest.raises(UserError, match="is in use by another `grokking train`"):
+            train_batched(tiny_config(steps="20"), [0, 1], [busy, free], progress=False)
+    assert not free.exists(), "a refused start leaves no new directory behind"
+    train_batched(tiny_config(steps="20"), [0, 1], [busy, free], progress=False)  # free again: it trains
+    assert RunDir(free).checkpoint_steps()[-1] == 20
