@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_batched import MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL, assert_matches_solo, train_both
 from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import assert_bit_identical
+from test_train import assert_bit_identical, assert_crash_then_resume_is_bit_identical
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -214,21 +214,7 @@ def test_a_gpu_run_stopped_by_ctrl_c_resumes_bit_identically(name: str, tmp_path
 @pytest.mark.parametrize("name", ["modular-full-batch", "modular-minibatch"])
 def test_a_gpu_run_that_crashes_between_checkpoints_resumes_bit_identically(name: str, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    train(CONFIGS[name](), tmp_path / "ref", progress=False)
-    real_update = Trainer.update
-
-    def crash_at_step_45(self: Trainer, loss: torch.Tensor) -> None:
-        if self.step == 45:
-            raise RuntimeError("simulated crash")
-        real_update(self, loss)
-
-    monkeypatch.setattr(Trainer, "update", crash_at_step_45)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(CONFIGS[name](), tmp_path / "crashed", progress=False)
-    monkeypatch.setattr(Trainer, "update", real_update)
-    assert RunDir(tmp_path / "crashed").checkpoint_steps()[-1] == 40
-    train(CONFIGS[name](), tmp_path / "crashed", progress=False)
-    assert_bit_identical(tmp_path / "ref", tmp_path / "crashed")
+    assert_crash_then_resume_is_bit_identical(CONFIGS[name], tmp_path, monkeypatch)
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from grokking import load_run
+from grokking.config import RunConfig
 from grokking.store import RunDir
 from grokking.train import Trainer, is_checkpoint_step, lr_at, train
 
@@ -52,10 +54,10 @@ def test_minibatch_run_resumes_exactly(tmp_path: Path) -> None:
     assert_bit_identical(tmp_path / "a", tmp_path / "b")
 
 
-def test_minibatch_run_resumes_exactly_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A crash between checkpoints resumes from the last one and replays the same minibatches."""
-    cfg = dict(steps="60", batch_size="16", checkpoint_every="20")
-    train(tiny_config(**cfg), tmp_path / "ref", progress=False)
+def assert_crash_then_resume_is_bit_identical(make_config: Callable[[], RunConfig], root: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash at step 45 (checkpoints every 20), resume from step 40: the run ends equal to an uninterrupted one."""
+    train(make_config(), root / "ref", progress=False)
     update = Trainer.update
 
     def crash_at_45(self: Trainer, loss: torch.Tensor) -> None:
@@ -65,11 +67,17 @@ def test_minibatch_run_resumes_exactly_after_a_crash(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(Trainer, "update", crash_at_45)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(tiny_config(**cfg), tmp_path / "crashed", progress=False)
+        train(make_config(), root / "crashed", progress=False)
     monkeypatch.setattr(Trainer, "update", update)
-    assert RunDir(tmp_path / "crashed").checkpoint_steps()[-1] == 40
-    train(tiny_config(**cfg), tmp_path / "crashed", progress=False)
-    assert_bit_identical(tmp_path / "ref", tmp_path / "crashed")
+    assert RunDir(root / "crashed").checkpoint_steps()[-1] == 40
+    train(make_config(), root / "crashed", progress=False)
+    assert_bit_identical(root / "ref", root / "crashed")
+
+
+def test_minibatch_run_resumes_exactly_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between checkpoints resumes from the last one and replays the same minibatches."""
+    assert_crash_then_resume_is_bit_identical(lambda: tiny_config(steps="60", batch_size="16", checkpoint_every="20"),
+                                              tmp_path, monkeypatch)
 
 
 def test_run_directory_layout(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from itertools import product
 
 from grokking.tasks.grammar import GoldTree, Grammar, Sampler, Tree, gold_tree, parse, terminals
 from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, draw_unique, next_token_logits
-from grokking.tasks.structure_mix import Frames, Slot, Space, Template, classify, coarse, draw, published_weights, templates
+from grokking.tasks.structure_mix import Frames, Slot, Space, Template, classify, coarse, draw_published, templates
 
 DETS = ("the", "some", "my", "your", "our", "her")
 NOUNS_SG = ("newt", "orangutan", "peacock", "quail", "raven", "salamander", "tyrannosaurus", "unicorn", "vulture",
@@ -228,10 +228,7 @@ def spaces() -> dict[str, Space]:
 
 
 def _generate_published(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
-    rng = random.Random(f"question-formation:published:{seed}")
-    by_rule, rules = spaces(), {s: "gen" if s == "gen" else "in" for s in sizes}
-    weights = {s: published_weights("question", by_rule[rules[s]], s) for s in sizes}
-    lines = draw(rng, sizes, rules, by_rule, weights)
+    lines = draw_published("question-formation", "question", seed, sizes, spaces())
     return {s: [_line(words, SUBJECT_WORDS[t.subject], t.marker) for t, words in lines[s]] for s in sizes}
 
 

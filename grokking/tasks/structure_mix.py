@@ -198,6 +198,15 @@ def published_weights(stem: str, space: Space, split: str) -> dict[Template, flo
     return fit(lengths, CELLS[name], WORDS[name])
 
 
+def draw_published(task: str, stem: str, seed: int, sizes: Mapping[str, int],
+                   spaces: Mapping[str, Space]) -> dict[str, list[tuple[Template, list[str]]]]:
+    """`draw` at the published mix: gen under the gen rule, every other split under the in-distribution
+    rule, each split weighted against its published table `stem`.SPLIT, seeded by task and seed."""
+    rules = {s: "gen" if s == "gen" else "in" for s in sizes}
+    weights = {s: published_weights(stem, spaces[rules[s]], s) for s in sizes}
+    return draw(random.Random(f"{task}:published:{seed}"), sizes, rules, spaces, weights)
+
+
 # ---- comparing a data set with the published mix --------------------------------------------------------
 
 

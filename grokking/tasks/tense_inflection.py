@@ -25,7 +25,7 @@ from itertools import product
 from grokking.tasks.grammar import GoldTree, Grammar, Sampler, Tree, gold_tree, parse, terminals
 from grokking.tasks.lm_data import Example, LMTask, LogitsFn, Vocab, draw_unique, greedy_decode
 from grokking.tasks.question_formation import DETS, NOUNS_PL, NOUNS_SG, PREPS, RELS, SIZES, VERBS_INTRANS, VERBS_TRANS
-from grokking.tasks.structure_mix import Frames, Slot, Space, Template, classify, coarse, draw, published_weights, templates
+from grokking.tasks.structure_mix import Frames, Slot, Space, Template, classify, coarse, draw_published, templates
 
 PAST_FORMS = dict(zip(
     VERBS_INTRANS + VERBS_TRANS,
@@ -211,10 +211,7 @@ def spaces() -> dict[str, Space]:
 
 
 def _generate_published(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
-    rng = random.Random(f"tense-inflection:published:{seed}")
-    by_rule, rules = spaces(), {s: "gen" if s == "gen" else "in" for s in sizes}
-    weights = {s: published_weights("tense", by_rule[rules[s]], s) for s in sizes}
-    lines = draw(rng, sizes, rules, by_rule, weights)
+    lines = draw_published("tense-inflection", "tense", seed, sizes, spaces())
     return {s: [_line([*words, "."], t.marker) for t, words in lines[s]] for s in sizes}
 
 
