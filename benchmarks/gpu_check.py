@@ -61,23 +61,19 @@ def _sync(device: Any) -> None:
 
 
 def _config(preset: str, precision: str, dry: bool, toy: dict[str, str], steps: int | None = None) -> Any:
-    from grokking.config import preset_config
+    from grokking.config import assemble_config
 
-    cfg = preset_config(preset)
-    for key, value in {**(toy if dry else {}), "precision": precision, "device": "cpu" if dry else "cuda"}.items():
-        cfg.set(key, value)
-    if steps is not None:
-        cfg.train.steps = steps
-    return cfg
+    return assemble_config(preset, {**(toy if dry else {}), "precision": precision}, steps=steps, device="cpu" if dry else "cuda")
 
 
 def _by_precision(preset: str, dry: bool) -> Iterator[tuple[str, Any, Any]]:
     """(precision, config, task) in fp32 then bf16; the task is built once (a language's data takes seconds to encode)."""
     from grokking.config import RunConfig
-    from grokking.tasks.registry import build_task
+    from grokking.tasks.registry import build_task, sized
 
     cfg = _config(preset, "fp32", dry, _toy_for(preset))
-    task = build_task(cfg)  # also fills the vocabulary sizes into cfg, which the bf16 copy keeps
+    task = build_task(cfg)
+    cfg = sized(cfg, task)  # the vocabulary sizes, which the bf16 copy keeps
     for precision in ("fp32", "bf16"):
         copy = RunConfig.from_dict(cfg.to_dict())
         copy.set("precision", precision)

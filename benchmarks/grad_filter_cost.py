@@ -22,16 +22,13 @@ from statistics import median, quantiles
 
 import torch
 
-from grokking.config import preset_config
+from grokking.config import assemble_config
 from grokking.store import RunDir
 from grokking.train import Trainer
 
 
 def trainer(preset: str, precision: str, kind: str, where: Path) -> Trainer:
-    cfg = preset_config(preset)
-    for key, value in {"precision": precision, "grad_filter": kind, "device": "cpu"}.items():
-        cfg.set(key, value)
-    cfg.validate()
+    cfg = assemble_config(preset, {"precision": precision, "grad_filter": kind}, device="cpu")
     return Trainer(cfg, RunDir(where / kind), torch.device("cpu"))
 
 

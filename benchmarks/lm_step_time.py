@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from grokking import fast_lm
 from grokking.allocator import keep_freed_memory
-from grokking.config import RunConfig, preset_config
+from grokking.config import RunConfig, assemble_config
 from grokking.model import sinusoidal_positions
 from grokking.objectives import lm_loss_and_acc
 from grokking.precision import autocast, has_fast_bf16
@@ -92,14 +92,12 @@ Step = Callable[[Tensor], None]
 
 def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple[dict[str, Step], Trainer, RunConfig]:
     """One step function per variant, each owning its model and AdamW (same init for the lab variants)."""
-    cfg = preset_config(preset)
-    if dtype_name:
-        cfg.set("precision", dtype_name)
+    cfg = assemble_config(preset, {"precision": dtype_name} if dtype_name else {})
     with tempfile.TemporaryDirectory() as tmp:  # nothing is written: the trainers only build model, data and AdamW
         lab = Trainer(cfg, RunDir(tmp), CPU)
         hooked = Trainer(cfg, RunDir(tmp), CPU, task=lab.task)
         compiled = Trainer(cfg, RunDir(tmp), CPU, task=lab.task) if compile_step else None
-    tr = cfg.train
+    cfg, tr = lab.cfg, cfg.train  # lab.cfg: the model sized to the task's vocabulary and context
     data = lab.objective
 
     def trainer_step(trainer: Trainer, loss_fn: Callable) -> Step:

@@ -27,7 +27,7 @@ import torch
 
 from grokking import fast_lm, load_run
 from grokking.batched import seed_config, train_batched
-from grokking.config import RunConfig, preset_config
+from grokking.config import RunConfig, assemble_config
 from grokking.fast_forward import last_position_logits
 from grokking.train import build_model, train
 
@@ -36,10 +36,7 @@ LOSS_COLUMNS = ("train_loss", "test_loss")
 
 
 def configured(preset: str, sets: dict[str, str]) -> RunConfig:
-    cfg = preset_config(preset)
-    for key, value in sets.items():
-        cfg.set(key, value)
-    return cfg
+    return assemble_config(preset, sets)
 
 
 # The tests' own tiny configurations (tests/conftest.py: tiny_config, tiny_lm).
@@ -83,10 +80,10 @@ def bf16_vs_fp32(preset: str, sets: dict[str, str], root: Path) -> float:
 def fast_path_vs_hooked() -> dict[str, float]:
     """The modular table fast path against the hooked forward: logits and gradients (relative to their scale)."""
     cfg = configured("quick", TINY_MODULAR)
-    from grokking.tasks.registry import build_task
+    from grokking.tasks.registry import build_task, sized
 
     task = build_task(cfg)
-    model = build_model(cfg)
+    model = build_model(sized(cfg, task))
     tokens, labels = task.tokens, task.labels
     fast, full = last_position_logits(model, tokens), model(tokens)[:, -1]
     grads = []

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from grokking.batched import open_batch, train_batched
-from grokking.config import RunConfig, preset_config
+from grokking.config import RunConfig, assemble_config
 from grokking.experiments.grid import run_config
 from grokking.store import RunDir
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import build_task, sized
 from grokking.train import Trainer, build_model
 
 
@@ -48,8 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=8, help="seeds in the batched rows")
     args = parser.parse_args()
-    cfg = preset_config(args.preset)
+    cfg = assemble_config(args.preset)
     task = build_task(cfg)
+    cfg = sized(cfg, task)
     tokens, labels = task.tokens[task.train_idx], task.labels[task.train_idx]
     results: dict[str, tuple[float, int]] = {}  # name -> (ms per step, seeds per step)
     model = build_model(cfg)

@@ -34,8 +34,7 @@ from grokking.grad_filter import make_filter
 from grokking.objectives import LMObjective, next_token_loss_and_acc, trim_to_longest
 from grokking.precision import autocast, describe
 from grokking.store import RunDir
-from grokking.tasks.modular import ModularTask
-from grokking.tasks.registry import LMRunData, build_task
+from grokking.tasks.registry import Task, build_task
 from grokking.train import Trainer, drive, load_existing, optimizer_step, removed_on_failure, resolve_device
 
 # On a CPU one vmap over every seed makes each activation N times larger than the caches, so seeds are
@@ -52,7 +51,7 @@ class _Member(Trainer):
     batch: BatchedTrainer
     index: int
 
-    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: ModularTask | LMRunData):
+    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: Task):
         super().__init__(cfg, run, device, task)
         self.loaded_moments: dict[str, dict[str, Tensor]] = {}
         self.loaded_filter: dict[str, Tensor] = {}
@@ -254,7 +253,7 @@ def open_batch(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path],
             for run in runs:
                 if run.exists():
                     run.clear()
-        task = build_task(cfg)  # fills the vocabulary sizes in, so every seed's config carries them
+        task = build_task(cfg)  # built once for every seed; each member's config gets its sizes (Trainer: `sized`)
         members = [_Member(seed_config(cfg, seed), run, device, task) for seed, run in zip(seeds, runs)]
         for member in members:
             load_existing(member)

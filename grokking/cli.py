@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from grokking.errors import UserError
+from grokking.families import family_of, tasks_where
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="A lab for grokking and emergence in small transformers.")
 
 
@@ -40,25 +41,19 @@ def train(
                                                        "model, each into its own run directory (--out DIR means DIR/seed{s}).")] = None,
 ) -> None:
     """Train a preset into a run directory; re-running on the same directory resumes it."""
-    from grokking.config import preset_config
+    from grokking.config import assemble_config
 
-    cfg = preset_config(preset)
+    sets = {}
     for item in set_ or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects key=value, got '{item}'")
-        cfg.set(key.strip(), value.strip())
-    if seed is not None:
-        cfg.train.seed = seed
-    if steps is not None:
-        cfg.train.steps = steps
-    if device is not None:
-        cfg.set("device", device)
-    cfg.validate()
+        sets[key.strip()] = value.strip()
+    cfg = assemble_config(preset, sets, seed=seed, steps=steps, device=device)
     if batch_seeds is not None and batch_seeds < 1:
         raise UserError(f"--batch-seeds must be at least 1, got {batch_seeds}")
-    if batch_seeds is not None and cfg.task.task == "icl-functions":
-        raise UserError("--batch-seeds does not support icl-functions runs yet; train each seed with --seed")
+    if batch_seeds is not None and not family_of(cfg.task.task).batch_seeds:
+        raise UserError(f"--batch-seeds does not support {cfg.task.task} runs yet; train each seed with --seed")
 
     from grokking.train import TrainingInterrupted
     from grokking.train import train as run_training
@@ -113,9 +108,8 @@ def analyze(
     llc_seed: LLCSeed = 0,
 ) -> None:
     """Compute the progress measures for every checkpoint: RUN_DIR/analysis.csv and analysis.json."""
-    import json
-
     from grokking.analysis.progress import analyze as run_analysis
+    from grokking.store import RunDir
 
     if sample < 1:
         raise UserError(f"--sample must be at least 1, got {sample}")
@@ -129,8 +123,9 @@ def analyze(
         llc = LLCRequest(SGLDSettings(llc_lr, llc_localization, llc_nbeta, llc_chains, llc_draws, 0, llc_batch_size, llc_seed),
                          llc_sample, llc_every).validate()  # a missing devinterp fails before the other measures run
     table = run_analysis(run_dir, sample=sample, sample_seed=sample_seed, llc=llc)
-    summary = json.loads((run_dir / "analysis.json").read_text())
-    typer.echo(f"analysed {len(table)} checkpoints -> {run_dir / 'analysis.csv'}")
+    run = RunDir(run_dir)
+    summary = run.read_json(run.analysis_summary_path)
+    typer.echo(f"analysed {len(table)} checkpoints -> {run.analysis_path}")
     if summary.get("fourier_note"):
         typer.echo(summary["fourier_note"])
     if "key_frequencies" in summary:
@@ -139,7 +134,7 @@ def analyze(
         typer.echo(f"early stopping {summary['early_stopping']}")
     if llc is not None:
         done = table.dropna(subset=["llc_mean"])
-        typer.echo(f"LLC of {len(done)} checkpoints -> {run_dir / 'llc.csv'}" + (
+        typer.echo(f"LLC of {len(done)} checkpoints -> {run.llc_path}" + (
             f"; final {done.llc_mean.iloc[-1]:.4g} ± {done.llc_std.iloc[-1]:.2g}" if len(done) else ""))
 
 
@@ -157,21 +152,21 @@ def llc_calibrate(
 ) -> None:
     """Sweep SGLD step size x localization on one checkpoint: RUN_DIR/llc_calibration.html (loss trace per chain) and .csv."""
     from grokking.analysis.llc import SGLDSettings, calibrate, calibration_tables
-    from grokking.reports.llc import CALIBRATION_TABLE, CALIBRATION_TRACES, write_calibration_page
+    from grokking.reports.llc import write_calibration_page
     from grokking.run import load_run
-    from grokking.store import atomic_write
+    from grokking.store import write_csv
 
     run = load_run(run_dir)
     run.weights(step)  # a missing or unreadable checkpoint fails here, with the nearest step
     base = SGLDSettings(nbeta=nbeta, chains=chains, draws=draws, batch_size=batch_size, seed=seed)
     table, estimates = calibrate(run, step, lr or [1e-6, 1e-5, 1e-4], localization or [100.0, 1000.0, 10000.0], base)
     traces = calibration_tables(estimates)
-    atomic_write(run.path / CALIBRATION_TABLE, table.to_csv(index=False).encode())
-    atomic_write(run.path / CALIBRATION_TRACES, traces.to_csv(index=False).encode())
+    write_csv(run.dir.llc_calibration_path, table)
+    write_csv(run.dir.llc_calibration_traces_path, traces)
     for row in table.itertuples():
         typer.echo(f"lr {row.lr:<8g} localization {row.localization:<8g} LLC {row.llc_mean:9.4g} ± {row.llc_std:<8.2g} "
                    f"drift {row.drift:5.2f}  {row.seconds:.0f} s")
-    typer.echo(f"calibration: {write_calibration_page(run.path, step).resolve()}")
+    typer.echo(f"calibration: {write_calibration_page(run.dir, step).resolve()}")
 
 
 @app.command()
@@ -187,8 +182,8 @@ def report(
 
 @app.command()
 def data(
-    task: Annotated[str, typer.Argument(help="question-formation, tense-inflection or dyck.")],
-    split: Annotated[str, typer.Option(help="Split to print: train, dev, test or gen.")] = "train",
+    task: Annotated[str, typer.Argument(help=f"{', '.join(tasks_where('data'))}.")],
+    split: Annotated[str, typer.Option(help="Split to print: train, dev, test or gen (digit-addition: train or test).")] = "train",
     n: Annotated[int, typer.Option("-n", help="Number of examples to print.")] = 5,
     seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
     export: Annotated[Optional[Path], typer.Option(help="Write every split in the published format to this directory.")] = None,
@@ -199,33 +194,19 @@ def data(
     directory: Annotated[Optional[Path], typer.Argument(
         metavar="[DIR]", help="With --stats: any directory of files in the published format (<stem>.<split>).")] = None,
 ) -> None:
-    """Print examples of a synthetic language, export its splits (generated, seeded, cached), or --stats."""
+    """Print examples of a task's data, export its splits (generated, seeded; languages are cached), or --stats."""
     from grokking.config import MIXES
-    from grokking.tasks.lm_data import get_lm_task
 
     if mix not in MIXES:
         raise UserError(f"--mix must be one of {', '.join(MIXES)}, got '{mix}'")
-    lm_task = get_lm_task(task, mix)
-    if directory is not None and not stats:
-        raise UserError(f"a data directory ({directory}) is only read with --stats")
-    if stats:
-        from grokking.tasks import dyck, structure_mix
+    family = family_of(task)
+    if family.data is None:
+        raise UserError(f"{task} has no data to print: {family.summary}; "
+                        f"`grokking data` shows {', '.join(tasks_where('data'))}")
+    from grokking.tasks.data_command import DataRequest
 
-        if directory is None:
-            lm_task.splits(seed=seed)  # generated (or read from the cache) and on disk
-        report = structure_mix.stats_report if lm_task.structure else dyck.stats_report
-        for line in report(lm_task, directory or lm_task.cache_dir(seed)):
-            typer.echo(line)
-        return
-    if export is not None:
-        for path in lm_task.export(export, seed=seed):
-            typer.echo(path)
-        return
-    splits = lm_task.splits(seed=seed)
-    if split not in splits:
-        raise UserError(f"{task} has no split '{split}'; choose one of {', '.join(splits)}")
-    for example in splits[split][:n]:
-        typer.echo(f"{example.input}\t{example.target}" if example.target else example.input)
+    for line in family.resolve("data")(DataRequest(task, split, n, seed, export, mix, stats, directory)):
+        typer.echo(line)
 
 
 @app.command("import")
@@ -249,10 +230,11 @@ def metric_lens(path: Annotated[Path, typer.Argument(help="A sweep directory (sw
     """The metric-choice lens on emergence: PATH/metric_lens.html and metric_lens.csv (emergence score per metric)."""
     import pandas as pd
 
+    from grokking.experiments.sweep import METRIC_LENS_TABLE
     from grokking.reports.metric_lens import write_metric_lens
 
     page = write_metric_lens(path)
-    scores = pd.read_csv(path / "metric_lens.csv")
+    scores = pd.read_csv(page.with_name(METRIC_LENS_TABLE))
     for row in scores[~scores.metric.str.contains(r"_L\d+$|_k\d+$")].itertuples():
         typer.echo(f"{row.metric:<22} emergence score {row.emergence_score:+9.3g}  ({row.first:.3g} -> {row.last:.3g}; "
                    f"10/50/90% of its rise by {row.axis} {row.x_10:g}/{row.x_50:g}/{row.x_90:g})")

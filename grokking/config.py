@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from grokking.errors import UserError
+from grokking.families import family_of, tasks_where
 
 ACT_FNS = ("relu", "gelu")
 NORMALIZATIONS = ("none", "pre", "post")
@@ -25,13 +27,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 GRAD_FILTERS = ("none", "ema", "ma")  # Grokfast (Lee et al. 2024); see grokking/grad_filter.py
 LR_SCHEDULES = ("constant", "linear")
 SPLITS = ("seeded", "python-shuffle")
-LM_TASK_NAMES = ("question-formation", "tense-inflection", "dyck")
-MIXES = ("published", "grammar")  # structure mix of question-formation / tense-inflection data
-GRAMMAR_TASK_NAMES = ("question-formation", "tense-inflection")  # the tasks whose data `mix` shapes
-DIGIT_ADDITION = "digit-addition"  # a causal-LM task too, generated in memory (grokking/tasks/digit_addition.py)
-ICL_FUNCTIONS = "icl-functions"  # real-valued in-context regression (grokking/tasks/icl_functions.py)
+MIXES = ("published", "grammar")  # structure mix of the data of tasks whose family has `mix` (grokking/families.py)
 ICL_FAMILIES = ("linear", "sparse-linear", "sinusoid", "relu-net")
-TASK_NAMES = ("modular", *LM_TASK_NAMES, DIGIT_ADDITION, ICL_FUNCTIONS)
 
 
 @dataclass
@@ -141,7 +138,7 @@ class RunConfig:
             train = dict(data["train"])
             train["betas"] = tuple(train["betas"])
             task = dict(data["task"])
-            if task.get("task") in GRAMMAR_TASK_NAMES:
+            if task.get("task") in tasks_where("mix"):
                 task.setdefault("mix", "grammar")  # no `mix`: written before it existed, so trained on grammar-mix data
             return cls(
                 model=ModelConfig(**data["model"]),
@@ -171,27 +168,10 @@ class RunConfig:
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             _check(getattr(m, name) >= 1, f"{name} must be a positive integer, got {getattr(m, name)}")
         _check(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1), got {m.dropout}")
-        _check(t.task in TASK_NAMES, f"task must be one of {TASK_NAMES}, got '{t.task}'{_suggest(t.task, list(TASK_NAMES))}")
+        family = family_of(t.task)
         _check(tr.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got '{tr.lr_schedule}'")
         _check(tr.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {tr.grad_clip}")
-        if t.task != "modular":
-            _check(tr.batch_size >= 1, "language-model tasks need a minibatch: set batch_size >= 1")
-            _check(t.eval_examples >= 1, f"eval_examples must be >= 1, got {t.eval_examples}")
-            _check(t.mix in MIXES, f"mix must be one of {MIXES}, got '{t.mix}'{_suggest(t.mix, list(MIXES))}")
-        if t.task == "modular":
-            _check(t.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got '{t.operation}'")
-            _check(t.p >= 5 and _is_prime(t.p), f"p must be a prime >= 5, got {t.p} (try 113, 97 or 59)")
-            _check(0.0 < t.frac_train < 1.0, f"frac_train must be in (0, 1), got {t.frac_train}")
-            _check(t.split in SPLITS, f"split must be one of {SPLITS}, got '{t.split}'")
-            _check(t.n_outputs in (0, t.p, t.p + 1), f"n_outputs must be 0 (= p), p or p + 1, got {t.n_outputs}")
-        if t.task == ICL_FUNCTIONS:
-            _check_icl(t)
-        if t.task == DIGIT_ADDITION:
-            _check(1 <= t.n_digits <= 9, f"n_digits must be in 1..9, got {t.n_digits}")
-            _check(t.n_train >= 1, f"n_train must be >= 1, got {t.n_train}")
-            _check(t.n_train + t.eval_examples <= 10 ** (2 * t.n_digits),
-                   f"n_train + eval_examples = {t.n_train + t.eval_examples} exceeds the {10 ** (2 * t.n_digits)} distinct "
-                   f"{t.n_digits}-digit pairs; lower them or raise n_digits")
+        family.resolve("check")(t, tr)
         _check(tr.steps >= 0, f"steps must be >= 0, got {tr.steps}")
         _check(tr.lr > 0, f"lr must be positive, got {tr.lr}")
         _check(tr.weight_decay >= 0, f"weight_decay must be >= 0, got {tr.weight_decay}")
@@ -209,7 +189,35 @@ class RunConfig:
         _check(tr.grad_filter_window >= 1, f"grad_filter_window must be >= 1 (the paper uses 100), got {tr.grad_filter_window}")
 
 
-def _check_icl(t: TaskConfig) -> None:
+# ---- each family's checks (named by its entry in grokking/families.py) ------------------------------------
+
+
+def check_modular(t: TaskConfig, tr: TrainConfig) -> None:
+    _check(t.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got '{t.operation}'")
+    _check(t.p >= 5 and _is_prime(t.p), f"p must be a prime >= 5, got {t.p} (try 113, 97 or 59)")
+    _check(0.0 < t.frac_train < 1.0, f"frac_train must be in (0, 1), got {t.frac_train}")
+    _check(t.split in SPLITS, f"split must be one of {SPLITS}, got '{t.split}'")
+    _check(t.n_outputs in (0, t.p, t.p + 1), f"n_outputs must be 0 (= p), p or p + 1, got {t.n_outputs}")
+
+
+def check_language(t: TaskConfig, tr: TrainConfig) -> None:
+    """Minibatched sequence tasks: a batch size, evaluation examples and a known structure mix."""
+    _check(tr.batch_size >= 1, "language-model tasks need a minibatch: set batch_size >= 1")
+    _check(t.eval_examples >= 1, f"eval_examples must be >= 1, got {t.eval_examples}")
+    _check(t.mix in MIXES, f"mix must be one of {MIXES}, got '{t.mix}'{_suggest(t.mix, list(MIXES))}")
+
+
+def check_addition(t: TaskConfig, tr: TrainConfig) -> None:
+    check_language(t, tr)
+    _check(1 <= t.n_digits <= 9, f"n_digits must be in 1..9, got {t.n_digits}")
+    _check(t.n_train >= 1, f"n_train must be >= 1, got {t.n_train}")
+    _check(t.n_train + t.eval_examples <= 10 ** (2 * t.n_digits),
+           f"n_train + eval_examples = {t.n_train + t.eval_examples} exceeds the {10 ** (2 * t.n_digits)} distinct "
+           f"{t.n_digits}-digit pairs; lower them or raise n_digits")
+
+
+def check_icl(t: TaskConfig, tr: TrainConfig) -> None:
+    check_language(t, tr)
     families = [f.strip() for f in t.families.split(",") if f.strip()]
     _check(bool(families), f"families must name at least one of {ICL_FAMILIES}")
     for name in families:
@@ -318,7 +326,7 @@ def _addition_cpu() -> RunConfig:
     passes 99% at step 500-1000 (2 seeds); at 1.5k steps widths <= 16 have not learned the carries."""
     cfg = RunConfig(preset="addition-cpu")
     m, t, tr = cfg.model, cfg.task, cfg.train
-    t.task, t.data_seed, t.n_digits, t.n_train, t.eval_examples = DIGIT_ADDITION, 0, 3, 10_000, 500
+    t.task, t.data_seed, t.n_digits, t.n_train, t.eval_examples = "digit-addition", 0, 3, 10_000, 500
     m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp = 2, 64, 4, 16, 256
     m.normalization, m.act_fn, m.init = "pre", "gelu", "tl"
     tr.lr, tr.weight_decay, tr.betas, tr.warmup_steps, tr.lr_schedule, tr.grad_clip = 3e-3, 0.1, (0.9, 0.98), 100, "linear", 1.0
@@ -331,7 +339,7 @@ def _icl(paper: bool) -> RunConfig:
     pre-LN decoder with a linear read-in and read-out, MSE at the x positions, fresh prompts every step."""
     cfg = RunConfig(preset="icl-paper" if paper else "icl-cpu")
     m, t, tr = cfg.model, cfg.task, cfg.train
-    t.task, t.data_seed, t.families, t.n_dims, t.eval_examples = ICL_FUNCTIONS, 0, "linear,sinusoid", 1, 1000
+    t.task, t.data_seed, t.families, t.n_dims, t.eval_examples = "icl-functions", 0, "linear,sinusoid", 1, 1000
     m.read_in, m.normalization, m.act_fn, m.init, m.positional = True, "pre", "gelu", "tl", "learned"
     m.attn_bias = m.unembed_bias = True
     tr.weight_decay, tr.betas, tr.grad_clip, tr.lr_schedule = 0.0, (0.9, 0.999), 1.0, "constant"
@@ -378,3 +386,20 @@ def preset_config(name: str) -> RunConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}'{_suggest(name, list(PRESETS))}; `grokking presets` lists them")
     return PRESETS[name][1]()
+
+
+def assemble_config(preset: str, sets: Mapping[str, str] | None = None, *, seed: int | None = None,
+                    steps: int | None = None, device: str | None = None, extra: Mapping[str, str] | None = None) -> RunConfig:
+    """The validated config of one run, the same way for `grokking train`, sweeps and benchmarks: the preset,
+    then the `--set` overrides, then `extra` (a sweep run's grid values), then seed, steps and device."""
+    cfg = preset_config(preset)
+    for key, raw in [*(sets or {}).items(), *(extra or {}).items()]:
+        cfg.set(key, raw)
+    if seed is not None:
+        cfg.train.seed = seed
+    if steps is not None:
+        cfg.train.steps = steps
+    if device is not None:
+        cfg.set("device", device)
+    cfg.validate()
+    return cfg

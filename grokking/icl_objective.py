@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from grokking.analysis.icl import normalised_error
-from grokking.model import Transformer
+from grokking.model import Transformer, eval_mode
 from grokking.precision import autocast
 from grokking.tasks.icl_functions import ICLTask, Prompts, predict
 
@@ -41,15 +41,12 @@ class ICLObjective:
             pred = predict(model, batch.xs, batch.ys)
         return (pred.float() - batch.ys).pow(2).mean(), None
 
-    @torch.no_grad()
     def evaluate(self, model: Transformer, train_metrics: dict[str, Tensor] | None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         m = self.mixture
-        pred = predict(model, m.xs, m.ys)
+        with eval_mode(model):
+            pred = predict(model, m.xs, m.ys)
         row = {"train_loss": (pred - m.ys).pow(2).mean().item(), "test_loss": normalised_error(pred, m.ys).mean().item()}
         for i, name in enumerate(self.task.families):
             rows = m.family == i
             row[f"err_{name}"] = normalised_error(pred[rows], m.ys[rows]).mean().item()
-        model.train(was_training)
         return row

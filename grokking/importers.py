@@ -43,7 +43,7 @@ from grokking.model import Transformer, load_tensors
 from grokking.objectives import ModularObjective
 from grokking.store import RunDir
 from grokking.tasks.modular import ModularTask
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import build_task, sized
 
 FORMATS = ("tl", "nanda")
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -80,6 +80,7 @@ def import_run(file: Path, fmt: str, out: Path, *, p: int | None = None, frac_tr
     checkpoints = [(epoch, convert(state, file)) for epoch, state in checkpoints]
     cfg = _run_config(checkpoints, saved, fmt, p, frac_train, data_seed, operation, n_outputs, file)
     task = build_task(cfg)
+    cfg = sized(cfg, task)
     _check_split(raw, task.train_idx, file)
     expected = Transformer(cfg.model).state_dict()
     for _, tensors in checkpoints:

@@ -9,6 +9,8 @@ the 1-layer, no-LayerNorm modular-addition model and the deeper post-LN language
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -269,3 +271,15 @@ def load_tensors(model: Transformer, tensors: dict[str, Tensor]) -> Transformer:
         raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
     model.load_state_dict(tensors)
     return model
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Dropout off and no autograd for an evaluation or analysis, restoring the caller's train/eval flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from grokking import fast_lm
 from grokking.fast_forward import last_position_logits
-from grokking.model import Transformer
+from grokking.model import Transformer, eval_mode
 from grokking.precision import autocast
 from grokking.tasks.lm_data import encode
 from grokking.tasks.modular import ModularTask
@@ -80,15 +80,12 @@ class ModularObjective:
         loss, _ = answer_loss_and_acc(last_position_logits(model, self.train_tokens[idx], self.dtype), self.train_labels[idx])
         return loss, None
 
-    @torch.no_grad()
     def evaluate(self, model: Transformer, train_metrics: dict[str, Tensor] | None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        if train_metrics is None:
-            loss, acc = answer_loss_and_acc(last_position_logits(model, self.train_tokens), self.train_labels)
-            train_metrics = {"train_loss": loss, "train_acc": acc}
-        test_loss, test_acc = answer_loss_and_acc(last_position_logits(model, self.test_tokens), self.test_labels)
-        model.train(was_training)
+        with eval_mode(model):
+            if train_metrics is None:
+                loss, acc = answer_loss_and_acc(last_position_logits(model, self.train_tokens), self.train_labels)
+                train_metrics = {"train_loss": loss, "train_acc": acc}
+            test_loss, test_acc = answer_loss_and_acc(last_position_logits(model, self.test_tokens), self.test_labels)
         row = {**train_metrics, "test_loss": test_loss, "test_acc": test_acc}
         return {k: float(v) for k, v in row.items()}
 
@@ -126,7 +123,7 @@ class LMObjective:
         self.data, self.batch_size, self.device, self.dtype = data, batch_size, device, dtype
         self.tokens = data.train.tokens.to(device)
         self.loss_mask = data.train.loss_mask.to(device)
-        vocab = data.task.vocab
+        vocab = data.lm_task.vocab
         self.encoded_eval = {k: encode(v, vocab) for k, v in data.eval_sets.items() if k in ("train", "test") and v}
 
     def step_loss(self, model: Transformer, generator: torch.Generator) -> tuple[Tensor, None]:
@@ -141,23 +138,19 @@ class LMObjective:
             loss, _ = fast_lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
         return loss, None
 
-    @torch.no_grad()
     def evaluate(self, model: Transformer, train_metrics: dict[str, Tensor] | None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        row: dict[str, float] = {}
-        for split, enc in self.encoded_eval.items():
-            loss, acc = fast_lm_loss_and_acc(model, enc.tokens.to(self.device), enc.loss_mask.to(self.device))
-            row[f"{split}_loss"], row[f"{split}_acc"] = loss.item(), acc.item()
-
         forward = fast_lm.logits if fast_lm.supports_fast_lm(model) else Transformer.__call__
 
         def logits_fn(tokens: Tensor) -> Tensor:
             return forward(model, tokens.to(self.device)).cpu()
 
-        for split in self.data.scored_splits:
-            scores = self.data.task.evaluate(logits_fn, self.data.eval_sets[split])
-            row[f"{split}_acc"] = scores.pop("acc")
-            row.update({f"{split}_{k}": v for k, v in scores.items()})
-        model.train(was_training)
+        row: dict[str, float] = {}
+        with eval_mode(model):
+            for split, enc in self.encoded_eval.items():
+                loss, acc = fast_lm_loss_and_acc(model, enc.tokens.to(self.device), enc.loss_mask.to(self.device))
+                row[f"{split}_loss"], row[f"{split}_acc"] = loss.item(), acc.item()
+            for split in self.data.scored_splits:
+                scores = self.data.lm_task.evaluate(logits_fn, self.data.eval_sets[split])
+                row[f"{split}_acc"] = scores.pop("acc")
+                row.update({f"{split}_{k}": v for k, v in scores.items()})
         return row

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 
 import torch
@@ -62,3 +63,20 @@ def describe(dtype: torch.dtype | None) -> str:
 def autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContextManager:
     """Autocast to `dtype` on `device`, or nothing for fp32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """Treat subnormal floats as zero on the CPU while training, then restore PyTorch's default.
+
+    Why: once a model fits its training set (train loss ~1e-7, as every grokked modular run), the softmax
+    gives many wrong classes probabilities below fp32's smallest normal number (1.2e-38). x86 CPUs handle
+    such subnormals in microcode, many times slower than normal floats, so a late training step costs
+    several early ones. What flushing drops is below fp32 resolution next to any gradient it is summed with.
+    Measured in docs/results/speed.md (benchmarks/subnormals.py).
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

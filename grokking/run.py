@@ -14,7 +14,7 @@ import pandas as pd
 from grokking.config import RunConfig
 from grokking.errors import UserError
 from grokking.store import RunDir
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import build_task, sized
 
 
 class Run:
@@ -47,8 +47,7 @@ class Run:
         """A hooked model with the weights of `step` (the last checkpoint by default), in eval mode."""
         from grokking.model import Transformer, load_tensors
 
-        self.task  # fills vocabulary sizes into the config
-        model = Transformer(self.config.model)
+        model = Transformer(sized(self.config, self.task).model)  # the sizes config.json holds, from the task itself
         load_tensors(model, self.weights(step))
         return model.to(device).eval()
 

@@ -1,13 +1,17 @@
 """The run directory on disk: config, metrics, checkpoints and resume state, all written atomically.
 
-Layout (see checkpoints/README.md):
+Layout (see checkpoints/README.md; `RunDir` owns every name, derived files included):
     config.json                          the RunConfig, enough to rebuild model, task and split
     metrics.csv                          one row per evaluation
     checkpoints/step_XXXXXXX.safetensors model weights with TransformerLens names (7-digit step)
     resume.safetensors                   weights + AdamW state + RNG state of the latest resumable step
+    .lock                                held by the one writer
+    DERIVED_FILES                        what analyze, report, llc-calibrate and metric-lens write
 
 Only the latest optimiser state is kept: it triples a checkpoint's size, and 250 of them would break
 the run directory's size budget. Nothing here unpickles: tensors are safetensors, the rest JSON/CSV.
+torch and safetensors are imported only by the tensor functions, so reading a run's config and metrics
+(reports, sweeps, notebooks) does not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -22,30 +26,41 @@ import re
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
 
 from grokking.config import ModelConfig, RunConfig, TaskConfig, TrainConfig, _parse_value
 from grokking.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{7})\.safetensors$")
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
-# What `grokking analyze` and `grokking report` may write into a run directory.
-DERIVED_FILES = ("analysis.csv", "analysis.json", "fourier_norms.csv", "analysis_maps.safetensors", "analysis_trees.json", "report.html",
-                 "icl_curves.csv", "llc.csv", "llc.json", "llc_calibration.csv", "llc_calibration_traces.csv", "llc_calibration.html")
-
-
-LOCK_FILE = ".lock"
+CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, RESUME_FILE, LOCK_FILE = "config.json", "metrics.csv", "checkpoints", "resume.safetensors", ".lock"
+# What `grokking analyze`, `report`, `llc-calibrate` and `metric-lens` may write into a run directory, by the
+# RunDir property that names each; `--fresh` removes them with the run.
+DERIVED = {
+    "analysis_path": "analysis.csv",  # one row per checkpoint, `step` first
+    "analysis_summary_path": "analysis.json",  # the run-level summary and the plan's signature
+    "fourier_norms_path": "fourier_norms.csv",  # modular: W_E and W_L norm per frequency per checkpoint
+    "analysis_maps_path": "analysis_maps.safetensors",  # modular: (a, b) heat-maps at a few steps
+    "analysis_trees_path": "analysis_trees.json",  # language: tree projections of one sentence at a few steps
+    "icl_curves_path": "icl_curves.csv",  # icl-functions: error against k for the final model and baselines
+    "llc_path": "llc.csv",  # one row per estimated checkpoint
+    "llc_settings_path": "llc.json",  # the SGLD settings llc.csv was estimated with
+    "llc_calibration_path": "llc_calibration.csv",
+    "llc_calibration_traces_path": "llc_calibration_traces.csv",
+    "llc_calibration_page_path": "llc_calibration.html",
+    "metric_lens_page_path": "metric_lens.html",
+    "metric_lens_path": "metric_lens.csv",  # one row per metric: its emergence score over training
+    "report_path": "report.html",
+}
+DERIVED_FILES = tuple(DERIVED.values())
 TEMP_GLOB = ".*.tmp-*"  # what atomic_write leaves behind when killed before its rename
 
 
@@ -111,27 +126,59 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}.safetensors"
 
 
+def write_csv(path: Path, table: pd.DataFrame) -> None:
+    """A table as CSV (no index), written atomically: the one way the lab writes a table."""
+    atomic_write(path, table.to_csv(index=False).encode())
+
+
+def _derived(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"RUN/{name}")
+
+
 class RunDir:
     """Paths and reads/writes of one run directory."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        """A RunDir is path-like: `Path(run_dir)` and `RunDir(run_dir)` accept one."""
+        return str(self.path)
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG_FILE
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.path / METRICS_FILE
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINT_DIR
 
     @property
     def resume_path(self) -> Path:
-        return self.path / "resume.safetensors"
+        return self.path / RESUME_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    analysis_path = _derived(DERIVED["analysis_path"])
+    analysis_summary_path = _derived(DERIVED["analysis_summary_path"])
+    fourier_norms_path = _derived(DERIVED["fourier_norms_path"])
+    analysis_maps_path = _derived(DERIVED["analysis_maps_path"])
+    analysis_trees_path = _derived(DERIVED["analysis_trees_path"])
+    icl_curves_path = _derived(DERIVED["icl_curves_path"])
+    llc_path = _derived(DERIVED["llc_path"])
+    llc_settings_path = _derived(DERIVED["llc_settings_path"])
+    llc_calibration_path = _derived(DERIVED["llc_calibration_path"])
+    llc_calibration_traces_path = _derived(DERIVED["llc_calibration_traces_path"])
+    llc_calibration_page_path = _derived(DERIVED["llc_calibration_page_path"])
+    metric_lens_page_path = _derived(DERIVED["metric_lens_page_path"])
+    metric_lens_path = _derived(DERIVED["metric_lens_path"])
+    report_path = _derived(DERIVED["report_path"])
 
     def exists(self) -> bool:
         return self.config_path.is_file()
@@ -168,6 +215,37 @@ class RunDir:
         except UserError as exc:
             raise UserError(f"{self.config_path}: {exc}") from None
 
+    # -- derived files ----------------------------------------------------------------------------
+    def require_derived(self, *paths: Path, command: str = "grokking analyze") -> None:
+        """Fail in one line, naming the first missing file and the command that writes it."""
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"{self.path} has no {path.name}; run `{command} {self.path}` first")
+
+    def read_table(self, path: Path, columns: Sequence[str] = (), command: str = "grokking analyze") -> pd.DataFrame:
+        """A derived CSV; missing, unreadable or without `columns` (an older version, a hand edit) is one line
+        saying to re-run `command`, not a traceback from a figure."""
+        import pandas as pd
+
+        self.require_derived(path, command=command)
+        fix = f"re-run `{command} {self.path}`"
+        try:
+            table = pd.read_csv(path)
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise UserError(f"cannot read {path} ({' '.join(str(exc).split())}); {fix}") from None
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise UserError(f"{path} is from an older version or was edited (no column {', '.join(missing)}); {fix}")
+        return table
+
+    def read_json(self, path: Path, command: str = "grokking analyze") -> Any:
+        """A derived JSON file, or one line saying which command writes it."""
+        self.require_derived(path, command=command)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {path} ({exc}); re-run `{command} {self.path}`") from None
+
     # -- metrics --------------------------------------------------------------------------------
     def read_metric_rows(self) -> list[dict[str, str]]:
         """Whole rows only: a line cut short (a killed or running writer, a hand edit) is skipped with one warning."""
@@ -183,7 +261,13 @@ class RunDir:
             return pd.DataFrame(columns=lines[0].split(",") if lines else METRIC_COLUMNS)
         return pd.read_csv(io.StringIO("\n".join(lines)))
 
-    def _whole_metric_lines(self) -> list[str]:
+    def last_metric_step(self) -> int | None:
+        """The step of metrics.csv's last whole row, read without pandas and without warnings: resume
+        decisions stay cheap, and a torn tail is the resumed run's to rewrite."""
+        lines = self._whole_metric_lines(quiet=True)
+        return int(lines[-1].split(",", 1)[0]) if len(lines) > 1 else None
+
+    def _whole_metric_lines(self, quiet: bool = False) -> list[str]:
         """The header and every row with the header's number of fields and an integer step, in file order."""
         if not self.metrics_path.is_file():
             return []
@@ -205,7 +289,7 @@ class RunDir:
                 bad.append(number)
         if torn_tail:
             bad.append(len(lines) + 1)
-        if bad:
+        if bad and not quiet:
             warn(f"{self.metrics_path}: skipped {len(bad)} incomplete line(s) (line {', '.join(map(str, bad[:5]))}); "
                  f"the other {len(good) - 1} rows load")
         return good
@@ -258,6 +342,8 @@ class RunDir:
         return sorted(steps)
 
     def write_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save
+
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.checkpoint_path(step), save(_contiguous_cpu(tensors), metadata={"step": str(step)}))
 
@@ -265,9 +351,14 @@ class RunDir:
         return read_safetensors(self.checkpoint_path(step))
 
     def write_resume(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        from safetensors.torch import save
+
         atomic_write(self.resume_path, save(_contiguous_cpu(tensors), metadata=metadata))
 
     def read_resume(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
         data = _read_bytes(self.resume_path)
         try:
             header_len = int.from_bytes(data[:8], "little")
@@ -352,6 +443,9 @@ def _read_bytes(path: Path) -> bytes:
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning a truncated or corrupt file into a `UserError` that names it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
         return load(_read_bytes(path))
     except (SafetensorError, ValueError, RuntimeError) as exc:

@@ -24,15 +24,13 @@ from tqdm.auto import tqdm
 from grokking.allocator import keep_freed_memory
 from grokking.config import RunConfig, TrainConfig
 from grokking.errors import UserError
+from grokking.families import family_of
 from grokking.grad_filter import GradFilter, filter_tensors, make_filter
-from grokking.icl_objective import ICLObjective
 from grokking.model import Transformer, checkpoint_tensors
-from grokking.objectives import LMObjective, ModularObjective, Objective
-from grokking.precision import describe, resolve_precision
+from grokking.objectives import Objective
+from grokking.precision import describe, resolve_precision, subnormals_flushed
 from grokking.store import RunDir
-from grokking.tasks.icl_functions import ICLTask
-from grokking.tasks.modular import ModularTask
-from grokking.tasks.registry import LMRunData, build_task
+from grokking.tasks.registry import Task, build_task, sized
 
 
 class TrainingInterrupted(Exception):
@@ -112,7 +110,7 @@ def drive(loop: Loop, tr: TrainConfig, desc: str, where: Path | str, progress: b
     Written once for solo and batched training, so both write the same rows and checkpoints at the same steps.
     """
     bar = tqdm(total=tr.steps, initial=loop.step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
-    with _stop_requests() as stop, bar:
+    with _stop_requests() as stop, bar, subnormals_flushed():
         while True:
             if stop[0]:
                 loop.save_resume()
@@ -150,16 +148,16 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: i
 class Trainer:
     """One run: builds task, model and optimiser from a config and drives them through the loop."""
 
-    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: ModularTask | LMRunData | None = None):
-        """`task`: data already built for this config (seeds trained together share one copy)."""
+    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, task: Task | None = None):
+        """`task`: data already built for this config (seeds trained together share one copy). `self.cfg` is
+        `cfg` with the task's vocabulary and context sizes: the config the model is built from and config.json records."""
         keep_freed_memory()
-        self.cfg, self.run, self.device = cfg, run, device
+        self.run, self.device = run, device
         self.task = task if task is not None else build_task(cfg)
-        self.model = build_model(cfg, device)
+        self.cfg = sized(cfg, self.task)
+        self.model = build_model(self.cfg, device)
         self.dtype = resolve_precision(cfg.train.precision, device)
-        objective = ModularObjective if isinstance(self.task, ModularTask) else LMObjective
-        if isinstance(self.task, ICLTask):
-            objective = ICLObjective
+        objective = family_of(cfg.task.task).resolve("objective")
         self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.step = 0
@@ -322,7 +320,7 @@ def train(cfg: RunConfig, out: str | Path, fresh: bool = False, progress: bool =
                 run.clear()
             trainer = Trainer(cfg, run, device)
             load_existing(trainer)
-            run.write_config(cfg)
+            run.write_config(trainer.cfg)
         if progress:
             state = f"resuming at step {trainer.step}" if trainer.step else "starting"
             print(f"{cfg.preset or 'run'}: {state} on {device} in {describe(trainer.dtype)} -> {run.path}", flush=True)

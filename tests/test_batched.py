@@ -3,67 +3,33 @@ writes an ordinary run directory."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import CLI, TINY_SETS, _wait_for_checkpoints, assert_bit_identical
 
 from grokking import load_run
 from grokking.analysis.progress import analyze
 from grokking.batched import open_batch, seed_config, train_batched
-from grokking.config import RunConfig
 from grokking.errors import UserError
 from grokking.model import Transformer
 from grokking.reports import write_report
 from grokking.train import train
 
-from conftest import tiny_config
-
-
-def train_both(cfg: RunConfig, seeds: list[int], root: Path) -> None:
-    """Seeds batched into root/batched/seed{s} and one by one into root/solo/seed{s}."""
-    train_batched(cfg, seeds, [root / "batched" / f"seed{s}" for s in seeds], progress=False)
-    for s in seeds:
-        train(seed_config(cfg, s), root / "solo" / f"seed{s}", progress=False)
-
-
-def assert_matches_solo(root: Path, seed: int, loss_rtol: float, weight_atol: float, acc_atol: float = 0.0,
-                        loose: tuple[str, ...] = ()) -> None:
-    """The same config and checkpoint steps as the solo run; losses, accuracies and weights within the given bounds.
-
-    Callers pass bounds measured by `benchmarks/tolerance_bounds.py` under every kernel set this lab's CPUs run
-    (docs/results/test-suite.md), so a bound that holds on one CPU holds on the others.
-    """
-    batched, solo = load_run(root / "batched" / f"seed{seed}"), load_run(root / "solo" / f"seed{seed}")
-    assert batched.config.to_dict() == solo.config.to_dict()
-    assert batched.config.train.seed == seed
-    assert set(solo.steps) <= set(batched.steps)
-    assert list(batched.metrics.columns) == list(solo.metrics.columns)
-    assert batched.metrics.step.tolist() == solo.metrics.step.tolist()
-    for column in solo.metrics.columns.drop("step"):
-        a, b = batched.metrics[column].to_numpy(), solo.metrics[column].to_numpy()
-        if column.endswith("acc"):
-            assert abs(a - b).max() <= acc_atol, column
-        else:
-            assert (abs(a - b) <= loss_rtol * abs(b)).all(), f"{column}: {a} vs {b}"
-    for step in solo.steps:
-        wb, ws = batched.weights(step), solo.weights(step)
-        assert wb.keys() == ws.keys()
-        for name in wb:
-            if not name.endswith(loose):
-                torch.testing.assert_close(wb[name], ws[name], rtol=0, atol=weight_atol, msg=f"{name} at step {step}")
-
-
-# Modular seeds run the same table fast path under vmap as solo. Measured (benchmarks/tolerance_bounds.py) in fp32
-# and bf16, with minibatches and per-seed clipping: bit-identical weights and losses within 4e-16 relative on AVX-512/
-# AMX kernels at 1 and 2 threads and on AVX2 kernels at 1 thread; on AVX2 kernels at 2 threads, losses within 5e-7
-# relative and weights within 1.4e-5 after 100 steps (threads split a reduction in another order). Bounds: 20x and 7x.
-MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL = 1e-5, 1e-4
+from conftest import (
+    CLI,
+    MODULAR_LOSS_RTOL,
+    MODULAR_WEIGHT_ATOL,
+    assert_bit_identical,
+    assert_matches_solo,
+    start_cli_train,
+    tiny_config,
+    tiny_lm,
+    train_both,
+    wait_for_checkpoints,
+)
 
 
 def test_modular_seeds_match_their_solo_runs_for_100_steps(tmp_path: Path) -> None:
@@ -167,17 +133,13 @@ def test_refuses_what_cannot_be_batched(tmp_path: Path) -> None:
 
 
 def _cli_batched(out: Path, steps: int) -> subprocess.Popen:
-    args = CLI + ["train", "quick", "--out", str(out), "--steps", str(steps), "--seed", "5", "--batch-seeds", "2"]
-    for s in TINY_SETS:
-        args += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    return start_cli_train(out, steps, "--seed", "5", "--batch-seeds", "2")
 
 
 def test_cli_ctrl_c_saves_every_seed_and_resume_is_bit_identical(tmp_path: Path) -> None:
     steps = 600
     interrupted = _cli_batched(tmp_path / "int", steps)
-    _wait_for_checkpoints(tmp_path / "int" / "seed6", 4, interrupted)
+    wait_for_checkpoints(tmp_path / "int" / "seed6", 4, interrupted)
     interrupted.send_signal(signal.SIGINT)
     _, err = interrupted.communicate()
     assert interrupted.returncode == 130 and "Re-run the same command to resume" in err and "Traceback" not in err

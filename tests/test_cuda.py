@@ -15,9 +15,6 @@ from typing import Any
 
 import pytest
 import torch
-from test_batched import MODULAR_LOSS_RTOL, MODULAR_WEIGHT_ATOL, assert_matches_solo, train_both
-from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import assert_bit_identical, assert_crash_then_resume_is_bit_identical
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -29,7 +26,16 @@ from grokking.precision import resolve_precision
 from grokking.store import RunDir
 from grokking.train import Trainer, TrainingInterrupted, train
 
-from conftest import tiny_config
+from conftest import (
+    MODULAR_LOSS_RTOL,
+    MODULAR_WEIGHT_ATOL,
+    assert_bit_identical,
+    assert_crash_then_resume_is_bit_identical,
+    assert_matches_solo,
+    tiny_config,
+    tiny_lm,
+    train_both,
+)
 
 CUDA = torch.device("cuda")
 pytestmark = [pytest.mark.cuda,

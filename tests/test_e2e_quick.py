@@ -1,9 +1,12 @@
-"""The demo end to end: `quick` memorises, then groks; analysis and report see the circuit form."""
+"""The demo end to end: `quick` memorises, then groks; analysis and report see the circuit form.
+
+`quick_run` (tests/conftest.py) is the session's one trained and analysed `quick` run; tests that write copy it."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,17 +14,7 @@ import pytest
 
 from grokking import load_run
 from grokking.analysis import progress
-from grokking.config import preset_config
 from grokking.reports.modular import write_report
-from grokking.train import train
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("quick") / "run"
-    train(preset_config("quick"), out, progress=False)
-    progress.analyze(out, progress=False)
-    return out
 
 
 @pytest.mark.slow
@@ -53,20 +46,21 @@ def test_progress_measures_move_before_the_test_loss(quick_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_reanalysis_computes_only_missing_checkpoints(quick_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = pd.read_csv(quick_run / "analysis.csv")
-    before.iloc[:-5].to_csv(quick_run / "analysis.csv", index=False)  # as if interrupted
+def test_reanalysis_computes_only_missing_checkpoints(quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = shutil.copytree(quick_run, tmp_path / "run")
+    before = pd.read_csv(run / "analysis.csv")
+    before.iloc[:-5].to_csv(run / "analysis.csv", index=False)  # as if interrupted
     calls: list[int] = []
     original = progress.ModularPlan.row
     monkeypatch.setattr(progress.ModularPlan, "row", lambda plan, step: calls.append(step) or original(plan, step))
-    after = progress.analyze(quick_run, progress=False)
+    after = progress.analyze(run, progress=False)
     assert calls == before.step.tolist()[-5:]
     pd.testing.assert_frame_equal(after, before)
 
 
 @pytest.mark.slow
-def test_report_is_self_contained(quick_run: Path) -> None:
-    page = write_report(quick_run).read_text()
+def test_report_is_self_contained(quick_run: Path, tmp_path: Path) -> None:
+    page = write_report(shutil.copytree(quick_run, tmp_path / "run")).read_text()
     # Offline: plotly.js is inlined and no script, stylesheet or image is fetched from elsewhere.
     assert "Plotly.newPlot" in page and len(page) > 3_000_000
     assert not re.search(r"<(script|link|img)[^>]*\b(src|href)=", page)

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import assert_bit_identical
 
 from grokking import fast_lm
 from grokking.config import preset_config
@@ -21,6 +19,8 @@ from grokking.precision import (
     warn_emulated_bf16,
 )
 from grokking.train import build_model, train
+
+from conftest import assert_bit_identical, tiny_lm
 
 CPU = torch.device("cpu")
 VOCAB = {"qf-cpu": 71, "ti-cpu": 101, "dyck-cpu": 43}  # the presets' generated vocabularies

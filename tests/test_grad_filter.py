@@ -8,17 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import assert_bit_identical, final_weights
 
 from grokking.batched import seed_config, train_batched
-from grokking.config import RunConfig
+from grokking.config import RunConfig, preset_config
 from grokking.errors import UserError
 from grokking.grad_filter import GradFilter
 from grokking.reports.grokfast import Side, comparison, phase_time
 from grokking.store import RunDir
 from grokking.train import Trainer, lr_at, train
 
-from conftest import tiny_config
+from conftest import assert_bit_identical, final_weights, tiny_config
 
 # Exactly representable gradients and coefficients, so the filtered values below are exact in fp32.
 GRADS = [[1.0, 2.0], [3.0, -2.0], [5.0, 0.0], [1.0, 1.0]]
@@ -117,7 +116,9 @@ def test_phase_time_puts_a_compressed_copy_of_the_phases_on_the_original() -> No
 
 def _side(name: str, test_acc: list[float], keys: list[int]) -> Side:
     metrics = pd.DataFrame({"step": [0, 100, 200, 300], "train_acc": [0.0, 1.0, 1.0, 1.0], "test_acc": test_acc})
-    config = {"train": {"seed": 0, "grad_filter": "none"}, "task": {"p": 23, "frac_train": 0.5}}
+    config = preset_config("quick")
+    config.set("p", "23")
+    config.set("frac_train", "0.5")
     return Side(Path(name), config, metrics, pd.DataFrame(), {"key_frequencies": keys, "phases": {}}, None)
 
 

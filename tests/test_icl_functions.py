@@ -25,7 +25,7 @@ from grokking.tasks.icl_functions import (
     sample_family,
     sample_inputs,
 )
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import build_task, sized
 
 
 def tiny_icl(**overrides: str):
@@ -93,7 +93,7 @@ def test_curriculum_schedules_as_configured() -> None:
 def test_read_in_respects_the_interleaving() -> None:
     """The prediction at x_k never sees f(x_k) (nor anything later); it does see earlier pairs."""
     cfg = tiny_icl(n_points="6")
-    build_task(cfg)
+    cfg = sized(cfg, build_task(cfg))
     torch.manual_seed(0)
     model = Transformer(cfg.model).eval()
     assert model.embed.W_E.shape == (2, 32) and model.unembed.W_U.shape == (32, 1)
@@ -143,7 +143,7 @@ def test_family_probe_reads_a_family_written_into_the_residual_stream() -> None:
     cfg = tiny_icl(families="linear,sinusoid", n_points="6")
     task = build_task(cfg)
     torch.manual_seed(0)
-    model = Transformer(cfg.model).eval()
+    model = Transformer(sized(cfg, task).model).eval()
     prompts = task.mixture_set()
     scaled = prompts.ys.clone()
     scaled[prompts.family == 0] += 5

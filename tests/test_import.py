@@ -17,7 +17,7 @@ from grokking.analysis.progress import analyze
 from grokking.errors import UserError
 from grokking.importers import import_run
 from grokking.model import Transformer, checkpoint_tensors
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import build_task, sized
 
 from conftest import tiny_config
 
@@ -28,7 +28,7 @@ PAPER_CONFIG = {"p": P, "frac_train": 0.4, "seed": 7, "fn_name": "add", "lr": 1e
 
 def make_model(seed: int, n_outputs: int) -> Transformer:
     cfg = tiny_config(n_outputs=str(n_outputs))
-    build_task(cfg)
+    cfg = sized(cfg, build_task(cfg))
     torch.manual_seed(seed)
     return Transformer(cfg.model).eval()
 

@@ -156,7 +156,7 @@ def test_analyze_llc_is_incremental(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @needs_devinterp
 def test_calibration_writes_one_row_per_setting_and_every_trace(tmp_path: Path) -> None:
-    from grokking.reports.llc import CALIBRATION_TABLE, CALIBRATION_TRACES, write_calibration_page
+    from grokking.reports.llc import write_calibration_page
     from grokking.run import load_run
     from grokking.train import train
 
@@ -169,8 +169,8 @@ def test_calibration_writes_one_row_per_setting_and_every_trace(tmp_path: Path) 
     traces = llc_mod.calibration_tables(estimates)
     assert table[["lr", "localization"]].values.tolist() == [[1e-5, 1000.0], [1e-5, 10000.0]]
     assert len(traces) == 2 * 2 * 8 and set(traces.chain) == {0, 1}
-    table.to_csv(run.path / CALIBRATION_TABLE, index=False)
-    traces.to_csv(run.path / CALIBRATION_TRACES, index=False)
+    table.to_csv(run.dir.llc_calibration_path, index=False)
+    traces.to_csv(run.dir.llc_calibration_traces_path, index=False)
     assert "loss trace per chain" in write_calibration_page(run.path, 20).read_text().lower()
 
 

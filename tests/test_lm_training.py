@@ -10,23 +10,10 @@ import torch
 from grokking import load_run
 from grokking.analysis.early_stopping import early_stopping
 from grokking.analysis.progress import analyze
-from grokking.config import preset_config
 from grokking.reports import write_report
 from grokking.train import train
 
-
-def tiny_lm(task_preset: str = "qf-cpu", **overrides: str):
-    cfg = preset_config(task_preset)
-    for key, value in {"n_layers": "2", "d_model": "64", "n_heads": "2", "d_head": "32", "d_mlp": "128",
-                       "batch_size": "32", "warmup_steps": "50", "steps": "600", "eval_every": "150",
-                       "checkpoint_every": "150", "eval_examples": "200", "lr": "3e-3", "precision": "fp32", **overrides}.items():
-        cfg.set(key, value)
-    return cfg
-
-
-@pytest.fixture(autouse=True)
-def data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GROKKING_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+from conftest import tiny_lm
 
 
 @pytest.mark.slow

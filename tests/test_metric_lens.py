@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from grokking.analysis.metric_lens import length_fits
 from grokking.analysis.progress import analyze
 from grokking.cli import app
 from grokking.config import RunConfig, preset_config
 from grokking.errors import UserError
 from grokking.reports import write_report
-from grokking.reports.metric_lens import length_fits, write_metric_lens
+from grokking.reports.metric_lens import write_metric_lens
 from grokking.train import train
 
 from conftest import tiny_config
@@ -141,12 +142,12 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         write_metric_lens(tmp_path)
     two_keys = tmp_path / "two"
     two_keys.mkdir()
-    (two_keys / "sweep.json").write_text(json.dumps({"grid": {"d_model": [8], "n_layers": [1]}, "runs": []}))
+    (two_keys / "sweep.json").write_text(json.dumps({"preset": "addition-cpu", "seeds": [0], "grid": {"d_model": [8], "n_layers": [1]}, "runs": []}))
     with pytest.raises(UserError, match="exactly one scale key"):
         write_metric_lens(two_keys)
     nothing_done = tmp_path / "pending"
     nothing_done.mkdir()
-    (nothing_done / "sweep.json").write_text(json.dumps({"grid": {"d_model": [8]}, "runs": [
+    (nothing_done / "sweep.json").write_text(json.dumps({"preset": "addition-cpu", "seeds": [0], "grid": {"d_model": [8]}, "runs": [
         {"name": "a", "params": {"d_model": 8, "seed": 0}, "dir": "runs/a", "status": "running"}]}))
     with pytest.raises(UserError, match="no finished run"):
         write_metric_lens(nothing_done)

@@ -272,7 +272,7 @@ def test_digit_addition_config() -> None:
     data = build_task(cfg)
     assert len(data.train_examples) == cfg.task.n_train and len(data.eval_sets["test"]) == cfg.task.eval_examples
     assert not {ex.input for ex in data.train_examples} & {ex.input for ex in data.eval_sets["test"]}
-    assert cfg.model.n_ctx == 2 * 3 + 2 + 4 + 2  # <sos> a + b = answer(n + 1) <eos>
+    assert data.n_ctx == 2 * 3 + 2 + 4 + 2  # <sos> a + b = answer(n + 1) <eos>
     for key, value, message in [("n_digits", "0", "n_digits must be in 1..9"), ("n_train", "0", "n_train must be >= 1"),
                                 ("n_train", "9900", "exceeds the 10000 distinct 2-digit pairs")]:
         bad = preset_config("addition-cpu")

@@ -87,9 +87,10 @@ def test_a_lasting_drop_counts_even_near_the_end() -> None:
 
 
 # Real curves: three seeds of `quick` (a + b, p = 59; trained with `grokking train quick --batch-seeds 3
-# --set precision=fp32`) and one `quick --set operation=subtract --set frac_train=0.6` run (stopped at
-# step 1,150), as step, test loss (metrics.csv) and total squared weights (summed from each checkpoint).
-REAL_CURVES = Path(__file__).parent / "data" / "quick-phase-curves.csv"
+# --set precision=fp32`), one `quick --set operation=subtract --set frac_train=0.6` run (stopped at
+# step 1,150) and two seeds of `nanda-p113` (`grokking train nanda-p113 --seed S --set precision=fp32`, 25k
+# steps), as step, test loss and total squared weights (analysis.csv).
+REAL_CURVES = Path(__file__).parent / "data" / "phase-curves.csv"
 
 
 def real_runs() -> list[tuple[str, int, pd.DataFrame]]:
@@ -119,5 +120,14 @@ def test_real_curves_boundaries_and_robustness(name: str, p: int, run: pd.DataFr
     hurt.loc[lasting + 3, "test_loss"] = 3 * math.log(p)  # a spike above chance after the grok
     hurt["test_loss"] *= np.exp(np.random.default_rng(0).normal(0, 0.02, len(hurt)))  # 2% noise everywhere
     hurt_phases = detect_phases(hurt, p)
-    assert (hurt_phases.circuit_formation_end, hurt_phases.cleanup_end) == (phases.circuit_formation_end, phases.cleanup_end)
-    assert abs(hurt_phases.memorisation_end - phases.memorisation_end) <= eval_gap, name
+    # Within one evaluation: where the test loss crosses chance slowly (nanda-p113: 4.80 at step 7,500 of seed 0,
+    # 1.6% above ln 113), 2% noise can legitimately move the crossing by one evaluation.
+    assert abs(hurt_phases.circuit_formation_end - phases.circuit_formation_end) <= eval_gap, name
+    assert abs(hurt_phases.cleanup_end - phases.cleanup_end) <= eval_gap, name
+    # Memorisation ends at the smoothed peak: within one evaluation of the clean boundary where the peak is sharp
+    # (quick), and on the plateau where it is flat (nanda-p113 seed 1: 29.4 at step 1,400, 28.5 at 1,900), where
+    # the noise may move it along the plateau but not off it: the raw loss there stays within 5% (a bit over
+    # twice the noise) of the raw peak.
+    raw_at = dict(zip(run.step, run.test_loss))
+    on_plateau = raw_at[hurt_phases.memorisation_end] >= 0.95 * run.test_loss.iloc[1:lasting].max()
+    assert abs(hurt_phases.memorisation_end - phases.memorisation_end) <= eval_gap or on_plateau, name

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_lm_training import data_cache, tiny_lm  # noqa: F401  (data_cache is an autouse fixture)
-from test_train import assert_bit_identical
 
 from grokking import load_run
 from grokking.config import preset_config
 from grokking.errors import UserError
 from grokking.fast_forward import last_position_logits
 from grokking.precision import resolve_precision
-from grokking.tasks.registry import build_task
+from grokking.tasks.registry import build_task, sized
 from grokking.train import build_model, train
 
-from conftest import tiny_config
+from conftest import assert_bit_identical, tiny_config, tiny_lm
 
 
 def test_precision_names_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,7 +33,7 @@ def test_precision_names_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bf16_fast_path_logits_are_close_to_fp32() -> None:
     cfg = preset_config("nanda-p113")
     task = build_task(cfg)
-    model = build_model(cfg)
+    model = build_model(sized(cfg, task))
     tokens = task.tokens[:500]
     exact = last_position_logits(model, tokens)
     approx = last_position_logits(model, tokens, torch.bfloat16)

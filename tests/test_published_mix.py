@@ -15,8 +15,9 @@ from grokking.store import RunDir
 from grokking.tasks import dyck
 from grokking.tasks import question_formation as qf
 from grokking.tasks import tense_inflection as ti
-from grokking.tasks.lm_data import Example, get_lm_task
+from grokking.tasks.lm_data import Example
 from grokking.tasks.published_mix import CELLS, REFERENCE, WORDS
+from grokking.tasks.registry import get_lm_task
 from grokking.tasks.structure_mix import Frames, Template, allocate, file_mix, mix_of, sampling_noise, tvd
 
 TASKS = {"question": qf, "tense": ti}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from grokking.errors import UserError
 from grokking.store import RunDir, atomic_write
 from grokking.train import train
 
-from conftest import tiny_config
-
-CLI = [sys.executable, "-m", "grokking.cli"]
+from conftest import CLI, tiny_config
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from grokking.analysis.structural import attention_entropy, head_averaged_attention_entropy, weight_norms
+from grokking.analysis.norms import weight_norms
+from grokking.analysis.structural import attention_entropy, head_averaged_attention_entropy
 from grokking.analysis.tree_projection import (
     Tree,
     bracket_f1,

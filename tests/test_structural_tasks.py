@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +12,8 @@ from grokking.tasks import dyck
 from grokking.tasks import question_formation as qf
 from grokking.tasks import tense_inflection as ti
 from grokking.tasks.grammar import derivable
-from grokking.tasks.lm_data import Example, Vocab, encode, get_lm_task, read_examples
+from grokking.tasks.lm_data import Example, Vocab, encode, read_examples
+from grokking.tasks.registry import get_lm_task
 
 SMALL = {"train": 3000, "dev": 200, "test": 300, "gen": 500}
 SMALL_DYCK = {"train": 3000, "dev": 300, "gen": 300}
@@ -387,9 +387,6 @@ def test_dyck_evaluate_with_controlled_model(dyck_data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", [qf, ti, dyck])
-def test_full_size_generation_is_fast(module):
-    start = time.perf_counter()
+def test_full_size_generation_gives_every_split_its_size(module):
     data = module.generate(0)
-    elapsed = time.perf_counter() - start
     assert {split: len(exs) for split, exs in data.items()} == module.SIZES
-    assert elapsed < 30, f"{module.__name__} took {elapsed:.1f} s"

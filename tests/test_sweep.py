@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from grokking.analysis.sweep import PAPER_EPOCHS_BY_FRAC_TRAIN
 from grokking.cli import app
 from grokking.errors import UserError
 from grokking.experiments import SweepSpec, load_sweep, run_sweep
@@ -24,9 +25,10 @@ from grokking.experiments.ray_executor import RESUME_FILES, read_tree, train_tas
 from grokking.experiments.sweep import Sweep, SweepRun
 from grokking.reports.sweep import write_sweep_report
 
-# tests/conftest.py's tiny_config, as --set strings: p=23, 1 layer, trains 100 steps in about a second.
-TINY = {"p": "23", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "lr": "3e-3",
-        "eval_every": "10", "checkpoint_every": "20"}
+from conftest import CLI, TINY_SETS
+
+# tiny_config's --set values but frac_train, which the sweeps' grid sets: 100 steps train in about a second.
+TINY = {key: value for key, value in TINY_SETS.items() if key != "frac_train"}
 
 
 def tiny_spec(steps: int = 100, seeds: tuple[int, ...] = (0, 1)) -> SweepSpec:
@@ -44,7 +46,7 @@ def cli_args(spec: SweepSpec, out: Path) -> list[str]:
 
 def grokking_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "grokking.cli", *args], capture_output=True, text=True, env=env, **kwargs)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, **kwargs)
 
 
 @pytest.fixture
@@ -133,7 +135,7 @@ def test_local_and_ray_sweeps_give_the_same_runs_and_summary(tmp_path: Path, one
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes_without_redoing_runs(tmp_path: Path) -> None:
     spec, out = tiny_spec(steps=400), tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "grokking.cli", *cli_args(spec, out)],
+    proc = subprocess.Popen([*CLI, *cli_args(spec, out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -249,7 +251,8 @@ def test_language_sweep_report_has_success_fractions_and_early_stopping(tmp_path
 def test_modular_sweep_report_counts_grokking_and_quotes_the_paper(tmp_path: Path) -> None:
     rising = [0.0, 0.5, 0.995, 1.0]
     sweep = hand_made_sweep(tmp_path, "frac_train", {(0.3, 0): (rising, rising), (0.3, 1): (rising, [0.0, 0.1, 0.2, 0.3]),
-                                                     (0.5, 0): (rising, [0.0, 0.99, 1.0, 1.0]), (0.5, 1): (rising, rising)},
+                                                     (0.5, 0): (rising, [0.0, 0.99, 1.0, 1.0]), (0.5, 1): (rising, rising),
+                                                     (0.35, 0): (rising, rising)},  # a fraction the paper did not run
                             running=((0.5, 1),))
     for run in sweep.runs:  # modular metrics have no val/gen split
         metrics = pd.read_csv(run.dir / "metrics.csv").drop(columns=["val_acc", "gen_acc"])
@@ -258,5 +261,7 @@ def test_modular_sweep_report_counts_grokking_and_quotes_the_paper(tmp_path: Pat
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("frac_train")
     assert summary.loc[0.3, "grokked"] == 1 and summary.loc[0.3, "step_test_acc_99_mean"] == 200
     assert summary.loc[0.5, "done"] == 1 and summary.loc[0.5, "step_test_acc_99_mean"] == 100, "running runs are not aggregated"
-    assert summary.loc[0.3, "paper_epochs"] == 8996 and summary.loc[0.5, "paper_epochs"] == 1618
+    # Each setting quotes the paper's epochs at its own frac_train, and none where the paper has no run.
+    assert summary.paper_epochs.drop(0.35).to_dict() == {frac: PAPER_EPOCHS_BY_FRAC_TRAIN[frac] for frac in (0.3, 0.5)}
+    assert math.isnan(summary.loc[0.35, "paper_epochs"])
     assert "did not grok" in page and "not exactly 99% test accuracy" in page

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from grokking import load_run
-from grokking.config import RunConfig
 from grokking.store import RunDir
-from grokking.train import Trainer, is_checkpoint_step, lr_at, train
+from grokking.train import is_checkpoint_step, lr_at, train
 
-from conftest import tiny_config
-
-CLI = [sys.executable, "-m", "grokking.cli"]
-TINY_SETS = ["p=23", "d_model=32", "n_heads=2", "d_head=16", "d_mlp=64", "frac_train=0.5", "lr=3e-3",
-             "eval_every=10", "checkpoint_every=20"]
-
-
-def final_weights(path: Path) -> dict[str, torch.Tensor]:
-    run = load_run(path)
-    return run.weights(run.steps[-1])
-
-
-def assert_bit_identical(a: Path, b: Path) -> None:
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
-    pd.testing.assert_frame_equal(load_run(a).metrics, load_run(b).metrics)
+from conftest import assert_bit_identical, assert_crash_then_resume_is_bit_identical, start_cli_train, tiny_config, wait_for_checkpoints
 
 
 def test_extending_a_run_matches_training_straight_through(tmp_path: Path) -> None:
@@ -52,26 +29,6 @@ def test_minibatch_run_resumes_exactly(tmp_path: Path) -> None:
     train(tiny_config(steps="60", batch_size="16"), tmp_path / "a", progress=False)
     train(tiny_config(steps="60", batch_size="16"), tmp_path / "b", progress=False)
     assert_bit_identical(tmp_path / "a", tmp_path / "b")
-
-
-def assert_crash_then_resume_is_bit_identical(make_config: Callable[[], RunConfig], root: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Crash at step 45 (checkpoints every 20), resume from step 40: the run ends equal to an uninterrupted one."""
-    train(make_config(), root / "ref", progress=False)
-    update = Trainer.update
-
-    def crash_at_45(self: Trainer, loss: torch.Tensor) -> None:
-        if self.step == 45:
-            raise RuntimeError("simulated crash")
-        update(self, loss)
-
-    monkeypatch.setattr(Trainer, "update", crash_at_45)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(make_config(), root / "crashed", progress=False)
-    monkeypatch.setattr(Trainer, "update", update)
-    assert RunDir(root / "crashed").checkpoint_steps()[-1] == 40
-    train(make_config(), root / "crashed", progress=False)
-    assert_bit_identical(root / "ref", root / "crashed")
 
 
 def test_minibatch_run_resumes_exactly_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,33 +70,17 @@ def test_warmup_is_linear_then_constant() -> None:
     assert lr_at(500, tr) == 1e-3
 
 
-def _cli_train(out: Path, steps: int) -> subprocess.Popen:
-    args = CLI + ["train", "quick", "--out", str(out), "--steps", str(steps)]
-    for s in TINY_SETS:
-        args += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-
-
-def _wait_for_checkpoints(out: Path, n: int, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 120
-    while len(RunDir(out).checkpoint_steps()) < n:
-        assert proc.poll() is None, "training finished before it could be interrupted"
-        assert time.time() < deadline
-        time.sleep(0.02)
-
-
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path: Path) -> None:
     steps = 4000
-    ref = _cli_train(tmp_path / "ref", steps)
-    killed = _cli_train(tmp_path / "killed", steps)
+    ref = start_cli_train(tmp_path / "ref", steps)
+    killed = start_cli_train(tmp_path / "killed", steps)
     kill_point = random.Random(2026)  # seeded: a failure names a kill point that can be replayed
-    _wait_for_checkpoints(tmp_path / "killed", kill_point.randint(3, 30), killed)
+    wait_for_checkpoints(tmp_path / "killed", kill_point.randint(3, 30), killed)
     time.sleep(kill_point.random() * 0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert RunDir(tmp_path / "killed").checkpoint_steps()[-1] < steps
-    resumed = _cli_train(tmp_path / "killed", steps)
+    resumed = start_cli_train(tmp_path / "killed", steps)
     assert resumed.wait() == 0, resumed.stderr.read()
     assert ref.wait() == 0
     assert_bit_identical(tmp_path / "ref", tmp_path / "killed")
@@ -147,14 +88,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path: Path) -
 
 def test_ctrl_c_saves_state_and_resume_is_bit_identical(tmp_path: Path) -> None:
     steps = 4000
-    ref = _cli_train(tmp_path / "ref", steps)
-    interrupted = _cli_train(tmp_path / "int", steps)
-    _wait_for_checkpoints(tmp_path / "int", 5, interrupted)
+    ref = start_cli_train(tmp_path / "ref", steps)
+    interrupted = start_cli_train(tmp_path / "int", steps)
+    wait_for_checkpoints(tmp_path / "int", 5, interrupted)
     interrupted.send_signal(signal.SIGINT)
     _, err = interrupted.communicate()
     assert interrupted.returncode == 130
     assert "Re-run the same command to resume" in err and "Traceback" not in err
-    resumed = _cli_train(tmp_path / "int", steps)
+    resumed = start_cli_train(tmp_path / "int", steps)
     out, err = resumed.communicate()
     assert resumed.returncode == 0, err
     assert "resuming at step" in out

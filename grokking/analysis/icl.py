@@ -18,11 +18,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from grokking.store import atomic_write
+from grokking.store import write_csv
 from grokking.tasks.icl_functions import Prompts, interleave, predict
 
 FREQUENCIES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # error-vs-frequency grid (icl-cpu trains on [0.5, 2])
-CURVES_FILE = "icl_curves.csv"
 PROBE_RIDGE = 1e-3
 ROW_PROMPTS = 300  # prompts per set in each checkpoint's row (the final curves use all `eval_examples`)
 
@@ -101,7 +100,9 @@ def family_probe(model, prompts: Prompts, ridge: float = PROBE_RIDGE) -> list[fl
 class ICLPlan:
     """`grokking analyze` for icl-functions runs: per-checkpoint errors and probe, final curves with baselines."""
 
-    def __init__(self, run):
+    def __init__(self, run, final_step: int, sample: int, sample_seed: int):
+        """The registry's plan signature (grokking/families.py); the evaluation prompts are the task's own fixed
+        sets and `finish` reads the last good step, so only `run` is used."""
         self.run, self.task = run, run.task
         self.sets = self.task.eval_sets(FREQUENCIES if "sinusoid" in self.task.families else ())
         # Every checkpoint: the mixture's families, the combinations and scaled inputs on ROW_PROMPTS prompts each;
@@ -133,6 +134,5 @@ class ICLPlan:
                 err = normalised_error(pred, prompts.ys)
                 rows += [{"set": name, "predictor": predictor, "k": k, "error": float(e)} for k, e in enumerate(err.tolist())]
                 last[name][predictor] = float(err[-1])
-        buf = pd.DataFrame(rows).to_csv(index=False)
-        atomic_write(self.run.path / CURVES_FILE, buf.encode())
+        write_csv(self.run.dir.icl_curves_path, pd.DataFrame(rows))
         return {"final_step": good_steps[-1], "error_at_last_k": last}

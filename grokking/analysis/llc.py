@@ -39,10 +39,9 @@ from tqdm.auto import tqdm
 
 from grokking.errors import UserError
 from grokking.run import Run
-from grokking.store import atomic_write
+from grokking.store import atomic_write, write_csv
 
 INSTALL_HINT = "the LLC needs devinterp: pip install 'grokking[llc]' (or pip install devinterp==2.0.1)"
-LLC_TABLE, LLC_JSON = "llc.csv", "llc.json"
 SAVE_EVERY_SECONDS = 10.0
 
 BatchLoss = Callable[[nn.Module, Tensor], Tensor]
@@ -227,9 +226,9 @@ def analyze_llc(run: Run, steps: list[int], request: LLCRequest, device: str | t
                 progress: bool = True) -> pd.DataFrame:
     """Estimate the LLC of the selected checkpoints missing from RUN/llc.csv; returns the whole table."""
     settings = request.validate().settings
-    csv_path, json_path = run.path / LLC_TABLE, run.path / LLC_JSON
+    csv_path, json_path = run.dir.llc_path, run.dir.llc_settings_path
     signature = {"sgld": settings.to_dict(), "devinterp": _devinterp_version()}
-    previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    previous = run.dir.read_json(json_path) if json_path.is_file() else {}
     reuse = previous.get("signature") == signature and csv_path.is_file()
     rows = pd.read_csv(csv_path).to_dict("records") if reuse else []
     atomic_write(json_path, json.dumps({"signature": signature}, indent=2).encode())
@@ -240,8 +239,7 @@ def analyze_llc(run: Run, steps: list[int], request: LLCRequest, device: str | t
     def save() -> pd.DataFrame:
         table = pd.DataFrame(rows, columns=["step", "llc_mean", "llc_std", "llc_init_loss", "llc_seconds"])
         table = table.sort_values("step").reset_index(drop=True)
-        buf = table.to_csv(index=False)
-        atomic_write(csv_path, buf.encode())
+        write_csv(csv_path, table)
         return table
 
     last_save = time.perf_counter()

@@ -1,13 +1,14 @@
 """Map the progress measures over every checkpoint of a run: `grokking analyze RUN_DIR`.
 
-One loop serves every task family; a *plan* says what one checkpoint's row holds and what the
-run-level summary is:
+One loop serves every task family; a *plan* (each family's `analysis`, grokking/families.py) says what
+one checkpoint's row holds and what the run-level summary is:
 - modular runs (`ModularPlan`): losses and accuracies over all p^2 pairs (on the p answer classes, like
   the Fourier measures), the Fourier measures with key frequencies from the final checkpoint (as in the
   paper, widened until they explain its logits) for add and subtract, a not-applicable note instead
   for other operations, norms, phases, and (a,b) heat-maps;
 - language runs (`StructuralPlan`, in `structural_progress.py`): the run's metrics, weight norms,
-  attention entropy/sparsity, tscore and tparseval on a fixed random sample of training sentences.
+  attention entropy/sparsity, tscore and tparseval on a fixed random sample of training sentences;
+- icl-functions runs (`ICLPlan`, in `icl.py`): each evaluation set's error, the family probe, final curves.
 
 Files written next to the run's own:
     analysis.csv   one row per checkpoint, `step` first
@@ -21,7 +22,6 @@ recomputed. Rows are saved as they are computed, so an interrupted analysis keep
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -36,15 +36,16 @@ from grokking.analysis import fourier
 from grokking.analysis.llc import LLCRequest, analyze_llc, merge_llc
 from grokking.analysis.norms import total_sq_weight_norm
 from grokking.analysis.phases import detect_phases
+from grokking.analysis.steps import spread_steps
 from grokking.errors import UserError
+from grokking.families import family_of
 from grokking.fast_forward import last_position_logits
 from grokking.objectives import answer_loss_and_acc
 from grokking.run import Run, load_run
-from grokking.store import atomic_write
+from grokking.store import atomic_write, write_csv
 
 SAVE_EVERY_SECONDS = 10.0
 N_MAP_STEPS = 6
-EXTRA_TABLE = "fourier_norms.csv"
 
 
 class Plan(Protocol):
@@ -57,17 +58,13 @@ class Plan(Protocol):
         """Write the plan's extra files and return its part of analysis.json."""
 
 
-def write_csv(path: Path, table: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write(path, buf.getvalue().encode())
-
-
 class ModularPlan:
     """Fourier progress measures of a modular-arithmetic run (add or subtract; other operations get losses only)."""
 
 
-    def __init__(self, run: Run, final_step: int):
+    def __init__(self, run: Run, final_step: int, sample: int, sample_seed: int):
+        """The registry's plan signature (grokking/families.py): key frequencies come from `final_step`'s model;
+        every (a, b) pair is measured, so `sample` and `sample_seed` are not used."""
         self.run, self.task, self.final_step = run, run.task, final_step
         self.final_model = run.model(final_step)
         self.applicable = fourier.fourier_applicable(self.task.operation)
@@ -98,13 +95,13 @@ class ModularPlan:
         phases = detect_phases(table, self.task.p).to_dict()
         if not self.applicable:
             maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), [0])
-            atomic_write(self.run.path / "analysis_maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
+            atomic_write(self.run.dir.analysis_maps_path, save({k: v.contiguous() for k, v in maps.items()}))
             return {"fourier_applicable": False,
                     "fourier_note": fourier.NOT_APPLICABLE_NOTE.format(operation=self.task.operation), "phases": phases}
         clusters = fourier.neuron_clusters(fourier.neuron_frequency_fractions(fourier.neuron_activations(self.final_model, self.task)))
         neurons = [int(torch.nonzero(clusters == k)[0]) for k in self.key_freqs if (clusters == k).any()][:4] or [0]
         maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), neurons)
-        atomic_write(self.run.path / "analysis_maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
+        atomic_write(self.run.dir.analysis_maps_path, save({k: v.contiguous() for k, v in maps.items()}))
         return {
             "fourier_applicable": True,
             **self.selection.to_dict(),
@@ -126,12 +123,6 @@ class ModularPlan:
             acts.append(cache["blocks.0.mlp.hook_post"][:, -1, neurons].T.reshape(-1, p, p))
         return {"steps": torch.tensor(steps), "neurons": torch.tensor(neurons),
                 "attention_to_a": torch.stack(attn).half(), "neuron_acts": torch.stack(acts).half()}
-
-
-def spread_steps(steps: list[int], n: int) -> list[int]:
-    """`n` steps spread evenly over `steps` (first and last included)."""
-    idx = torch.linspace(0, len(steps) - 1, min(n, len(steps))).round().long().unique()
-    return [steps[i] for i in idx.tolist()]
 
 
 def _readable(run: Run, step: int, skipped: dict[int, str]) -> bool:
@@ -160,19 +151,10 @@ def analyze(run_dir: str | Path, sample: int = 2000, progress: bool = True, samp
     final_step = next((s for s in reversed(steps) if _readable(run, s, skipped)), None)
     if final_step is None:
         raise UserError(f"every checkpoint in {run.path} is unreadable; re-train the run")
-    if run.config.task.task == "modular":
-        plan: Plan = ModularPlan(run, final_step)
-    elif run.config.task.task == "icl-functions":
-        from grokking.analysis.icl import ICLPlan
+    plan: Plan = family_of(run.config.task.task).resolve("analysis")(run, final_step, sample, sample_seed)
 
-        plan = ICLPlan(run)
-    else:
-        from grokking.analysis.structural_progress import StructuralPlan
-
-        plan = StructuralPlan(run, sample, sample_seed)
-
-    csv_path, json_path, extra_path = run.path / "analysis.csv", run.path / "analysis.json", run.path / EXTRA_TABLE
-    previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    csv_path, json_path, extra_path = run.dir.analysis_path, run.dir.analysis_summary_path, run.dir.fourier_norms_path
+    previous = run.dir.read_json(json_path) if json_path.is_file() else {}
     reuse = previous.get("signature") == plan.signature and csv_path.is_file()
     rows = pd.read_csv(csv_path).to_dict("records") if reuse else []
     extra_rows = pd.read_csv(extra_path).to_dict("records") if reuse and extra_path.is_file() else []

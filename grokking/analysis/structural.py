@@ -1,6 +1,6 @@
-"""Weight norm and attention sparsity over checkpoints, as in Murty et al. (2023), "structural grokking".
+"""Attention sparsity over checkpoints, as in Murty et al. (2023), "structural grokking".
 
-Both grow during training for every depth and, in the paper, do not predict which depth groks; they
+It and the weight norm (`grokking.analysis.norms.weight_norms`) grow during training for every depth and, in the paper, do not predict which depth groks; they
 are the foils to tree-structuredness (`grokking.analysis.tree_projection`).
 
 Two attention entropies, each named for what it is:
@@ -16,53 +16,10 @@ Two attention entropies, each named for what it is:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor
 
-from grokking.model import Transformer
-
-
-@contextmanager
-def eval_mode(model: Transformer) -> Iterator[Transformer]:
-    """Dropout off and no autograd for an analysis, restoring the caller's train/eval flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
-
-
-def _norm(tensors: list[Tensor]) -> float:
-    return sum(t.detach().double().pow(2).sum() for t in tensors).sqrt().item() if tensors else 0.0
-
-
-def weight_norms(model: Transformer) -> dict[str, float]:
-    """L2 norms of the trainable parameters: global, per block, per matrix and depth-normalised.
-
-    Only `parameters()` count (as in the paper's `get_norm`): the zero bias buffers of a bias-free
-    model and the fixed sinusoidal position table are not weights; tied embeddings count once.
-
-    Keys: `weight_norm` (all parameters), `weight_norm_layer{l}` (everything under `blocks.{l}`),
-    `weight_norm/{name}` (each parameter) and `weight_norm_depth_normalized`, the root mean square
-    of the per-block norms, sqrt(sum_l |block_l|^2 / n_layers). Every block has the same shapes and
-    initialisation, so at initialisation that number is the same for every depth, and afterwards it
-    says how large a typical block has grown; the global norm instead grows like sqrt(n_layers) from
-    stacking alone. Embeddings and unembedding are left out of it because their size does not
-    change with depth.
-    """
-    params = dict(model.named_parameters())
-    n_layers = model.cfg.n_layers
-    layers = [[p for name, p in params.items() if name.startswith(f"blocks.{l}.")] for l in range(n_layers)]
-    out = {"weight_norm": _norm(list(params.values()))}
-    out |= {f"weight_norm_layer{l}": _norm(ps) for l, ps in enumerate(layers)}
-    out["weight_norm_depth_normalized"] = _norm([p for ps in layers for p in ps]) / n_layers**0.5
-    out |= {f"weight_norm/{name}": _norm([p]) for name, p in params.items()}
-    return out
+from grokking.model import Transformer, eval_mode
 
 
 def _pattern_entropy(pattern: Tensor) -> Tensor:

@@ -20,24 +20,15 @@ import pandas as pd
 import torch
 
 from grokking.analysis.early_stopping import early_stopping
-from grokking.analysis.progress import spread_steps
-from grokking.analysis.structural import attention_entropy, head_averaged_attention_entropy, weight_norms
+from grokking.analysis.norms import weight_norms
+from grokking.analysis.steps import spread_steps
+from grokking.analysis.structural import attention_entropy, head_averaged_attention_entropy
 from grokking.analysis.tree_projection import tree_measures, tree_projection_report
 from grokking.run import Run
 from grokking.store import atomic_write
-from grokking.tasks import question_formation, tense_inflection
 from grokking.tasks.lm_data import Example, encode
 
 N_TREE_STEPS = 6
-
-
-def _sentences(task_name: str, examples: list) -> tuple[list[str], object | None]:
-    """Declarative sentences to project, and the task's gold-parse function (None: no gold parses)."""
-    if task_name == "question-formation":
-        return [" ".join(question_formation.declarative_words(ex)) for ex in examples if question_formation.is_question(ex)], question_formation.gold_parse
-    if task_name == "tense-inflection":
-        return [" ".join(tense_inflection.sentence_words(ex)) for ex in examples], tense_inflection.gold_parse
-    return [], None
 
 
 def random_sample(examples: list[Example], size: int, seed: int) -> list[Example]:
@@ -51,12 +42,16 @@ class StructuralPlan:
     """Weight norms, both attention entropies, tscore and tparseval of a language run."""
 
 
-    def __init__(self, run: Run, sample: int, sample_seed: int = 0):
+    def __init__(self, run: Run, final_step: int, sample: int, sample_seed: int):
+        """The registry's plan signature (grokking/families.py); every checkpoint is measured on the same
+        `sample` training examples drawn with `sample_seed`, so `final_step` is not needed."""
         self.run, self.data = run, run.task
-        vocab = self.data.task.vocab
+        lm_task = self.data.lm_task
+        vocab = lm_task.vocab
         examples = random_sample(self.data.train_examples, sample, sample_seed)  # filtered like training: fits the context
         self.tokens = encode(examples, vocab).tokens
-        self.sentences, self.gold_fn = _sentences(run.config.task.task, examples)
+        self.sentences = lm_task.tree_sentences(examples) if lm_task.tree_sentences else []
+        self.gold_fn = lm_task.gold_parse
         if self.gold_fn is not None:
             self.prefixes = [[vocab.sos_id, *vocab.encode(self.gold_fn(s).words)] for s in self.sentences]
         else:
@@ -77,17 +72,17 @@ class StructuralPlan:
         row.update(attention_entropy(model, self.tokens))
         row.update(head_averaged_attention_entropy(model, self.prefixes))
         if self.sentences:
-            row.update(tree_measures(model, self.sentences, self.data.task.vocab, self.gold_fn))
+            row.update(tree_measures(model, self.sentences, self.data.lm_task.vocab, self.gold_fn))
         return row, []
 
     def finish(self, table: pd.DataFrame, good_steps: list[int]) -> dict:
         if self.sentences:
             trees = {}
             for step in spread_steps(good_steps, N_TREE_STEPS):
-                report = tree_projection_report(self.run.model(step), self.sentences[0], self.data.task.vocab, self.gold_fn)
+                report = tree_projection_report(self.run.model(step), self.sentences[0], self.data.lm_task.vocab, self.gold_fn)
                 trees[str(step)] = {"words": report["words"], "chart": report["chart"].nan_to_num(0).tolist(),
                                     "brackets": report["brackets"], "tscore": report["tscore"], "tparseval": report["tparseval"]}
-            atomic_write(self.run.path / "analysis_trees.json", json.dumps(trees).encode())
+            atomic_write(self.run.dir.analysis_trees_path, json.dumps(trees).encode())
         metrics = self.run.metrics
         return {"early_stopping": early_stopping(metrics).to_dict() if "gen_acc" in metrics else None,
                 "sample_declaratives": len(self.sentences)}

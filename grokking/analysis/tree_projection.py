@@ -11,7 +11,7 @@ Conventions:
   is the declarative input without the final `.` and task marker, as in the released code, so that
   chart indices are the word indices of the gold spans (`GoldTree.spans`).
 - Charts are [n, n] tensors, `chart[i, j]` = SCI of words i..j (inclusive) for i <= j, NaN below.
-- Trees are nested pairs with word indices as leaves, e.g. `((0, 1), (2, 3))`; `tree_spans` turns any
+- Trees are nested pairs with word indices as leaves, e.g. `((0, 1), (2, 3))`; `tree_spans` (grammar.py) turns any
   nested pairs (word leaves too, like `GoldTree.nested`) into inclusive spans of >= 2 words, root
   included, and `tree_from_spans` goes back.
 
@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from grokking.analysis.structural import eval_mode
-from grokking.model import Transformer
-from grokking.tasks.grammar import GoldTree
+from grokking.model import Transformer, eval_mode
+from grokking.tasks.grammar import GoldTree, tree_spans
 from grokking.tasks.lm_data import Vocab
 
 Span = tuple[int, int]
@@ -116,21 +115,6 @@ def sci_charts(model: Transformer, sequences: Sequence[Sequence[int]], batch_siz
 
 
 # ---- trees ---------------------------------------------------------------------------------------------
-
-
-def tree_spans(tree: object) -> set[Span]:
-    """Inclusive word spans of the internal nodes (>= 2 words, root included) of nested pairs."""
-    spans: set[Span] = set()
-
-    def walk(node: object, start: int) -> int:
-        if not isinstance(node, tuple):
-            return start + 1
-        end = walk(node[1], walk(node[0], start))
-        spans.add((start, end - 1))
-        return end
-
-    walk(tree, 0)
-    return spans
 
 
 def tree_from_spans(spans: set[Span], n_words: int) -> Tree:

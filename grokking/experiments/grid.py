@@ -12,7 +12,7 @@ import itertools
 import re
 from typing import Any
 
-from grokking.config import RunConfig, preset_config
+from grokking.config import RunConfig, assemble_config, preset_config
 from grokking.errors import UserError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
@@ -90,20 +90,10 @@ def grid_params(grid: dict[str, list[Any]], seeds: list[int]) -> list[dict[str, 
 def run_config(preset: str, sets: dict[str, str], params: dict[str, Any], steps: int | None,
                device: str | None = None) -> RunConfig:
     """The validated config of one run: preset, then `--set`, then the run's grid values and seed."""
-    cfg = preset_config(preset)
-    for key, raw in sets.items():
-        cfg.set(key, raw)
-    for key, value in params.items():
-        cfg.set(key, _raw(value))
-    if steps is not None:
-        cfg.train.steps = steps
-    if device is not None:
-        cfg.set("device", device)
     try:
-        cfg.validate()
+        return assemble_config(preset, sets, steps=steps, device=device, extra={k: _raw(v) for k, v in params.items()})
     except UserError as exc:
         raise UserError(f"run {run_name(params)}: {exc}") from None
-    return cfg
 
 
 def _raw(value: Any) -> str:

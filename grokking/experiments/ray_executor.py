@@ -30,9 +30,10 @@ from typing import Any
 
 from grokking.errors import UserError
 from grokking.experiments.worker import Finished, Job, Outcome, Started, one_line, run_job
+from grokking.store import CONFIG_FILE, METRICS_FILE, RESUME_FILE, atomic_write
 
-RESUME_FILES = ("config.json", "metrics.csv", "resume.safetensors")
-WRITE_LAST = ("metrics.csv", "resume.safetensors", "config.json")  # config.json last: a half-written run looks unstarted
+RESUME_FILES = (CONFIG_FILE, METRICS_FILE, RESUME_FILE)
+WRITE_LAST = (METRICS_FILE, RESUME_FILE, CONFIG_FILE)  # config.json last: a half-written run looks unstarted
 STOP_GRACE_SECONDS = 120.0
 NODE_FAILURE_RETRIES = 3
 
@@ -61,8 +62,6 @@ def read_tree(root: Path, names: tuple[str, ...] | None = None) -> dict[str, byt
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
     """Write files atomically, the run's state files last, so an interrupted copy never looks finished."""
-    from grokking.store import atomic_write
-
     for rel in sorted(files, key=lambda r: (r in WRITE_LAST, WRITE_LAST.index(r) if r in WRITE_LAST else 0, r)):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

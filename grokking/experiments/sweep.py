@@ -1,12 +1,16 @@
 """The sweep directory and its state file, sweep.json: the contract every executor and report shares.
 
     SWEEP_DIR/sweep.json     spec (preset, grid, seeds, set, steps) and one entry per run
-    SWEEP_DIR/runs/<name>/   ordinary run directories (grokking.train.train wrote them)
-    SWEEP_DIR/summary.csv    grokking report-sweep
+    SWEEP_DIR/runs/<name>/   ordinary run directories (grokking.train.train wrote them; `grokking.store.RunDir`)
+    SWEEP_DIR/summary.csv    grokking report-sweep: one row per setting
+    SWEEP_DIR/runs.csv       grokking report-sweep: one row per run
     SWEEP_DIR/report.html    grokking report-sweep
+    SWEEP_DIR/metric_lens.html, metric_lens.csv, metric_lens_by_scale.csv   grokking metric-lens SWEEP_DIR
+    SWEEP_DIR/.lock          held by the driver
 
 Only the driver writes sweep.json, atomically, after every status change, so a reader (a report, a
-notebook, a second terminal) always sees a whole file.
+notebook, a second terminal) always sees a whole file. `load_sweep` is the one reader of a sweep
+directory: reports, the metric lens and notebooks read the runs' tables through `Sweep.metrics`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from grokking.errors import UserError
 from grokking.experiments.grid import grid_params, run_config, run_name
-from grokking.store import atomic_write, checkpoint_name
+from grokking.store import DERIVED, RunDir, atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,6 +31,10 @@ if TYPE_CHECKING:
     from grokking.run import Run
 
 STATE_FILE = "sweep.json"
+SUMMARY_FILE, RUNS_FILE, REPORT_FILE = "summary.csv", "runs.csv", "report.html"
+# The metric lens writes the same page and table into a sweep as into a run, plus the per-scale table.
+METRIC_LENS_PAGE, METRIC_LENS_TABLE = DERIVED["metric_lens_page_path"], DERIVED["metric_lens_path"]
+METRIC_LENS_BY_SCALE = "metric_lens_by_scale.csv"
 STATUSES = ("pending", "running", "done", "failed")
 
 
@@ -67,16 +75,13 @@ class SweepRun:
 
         return load_run(self.dir)
 
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.dir)
+
     def last_step(self) -> int | None:
-        """The last step in metrics.csv, read without pandas: resume decisions stay cheap."""
-        path = self.dir / "metrics.csv"
-        if not path.is_file():
-            return None
-        lines = path.read_text().strip().splitlines()
-        try:
-            return int(float(lines[-1].split(",", 1)[0])) if len(lines) > 1 else None
-        except ValueError:  # a torn last line: the run resumes and rewrites it
-            return None
+        """The step of the last whole metrics.csv row (see `RunDir.last_metric_step`)."""
+        return self.run_dir.last_metric_step()
 
 
 class Sweep:
@@ -113,6 +118,11 @@ class Sweep:
 
         return pd.DataFrame([{"name": r.name, **r.params, "status": r.status, "attempts": r.attempts,
                               "seconds": r.seconds, "error": r.error} for r in self.runs])
+
+    def metrics(self) -> dict[str, pd.DataFrame]:
+        """Each run's metrics.csv (whole rows), by run name, for the runs that have written at least one row."""
+        tables = {r.name: r.run_dir.read_metrics_table() for r in self.runs}
+        return {name: table for name, table in tables.items() if len(table)}
 
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.runs) for s in STATUSES}
@@ -165,7 +175,7 @@ def plan_sweep(spec: SweepSpec, out: str | Path) -> Sweep:
         target = sweep.config(run).train.steps
         last = run.last_step()
         # The final checkpoint follows the final metrics row: a driver killed between the two has not finished the run.
-        if last is not None and last >= target and (run.dir / "checkpoints" / checkpoint_name(last)).is_file():
+        if last is not None and last >= target and run.run_dir.checkpoint_path(last).is_file():
             run.status, run.error = "done", None
         elif run.status in ("running", "done"):
             run.status = "pending"

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from grokking.errors import UserError
+from grokking.families import family_of
+from grokking.store import RunDir
 
 
 def write_report(run_dir: str | Path, patience: int = 5) -> Path:
-    """RUN_DIR/report.html for any run: Fourier for modular runs, the metric lens for digit addition, structural otherwise
-    (`patience` is its early-stopping rule)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.json); pass the directory that `grokking train` wrote")
-    task = json.loads((run_dir / "config.json").read_text())["task"]["task"]
-    if task == "modular":
-        from grokking.reports.modular import write_report as modular
-        return modular(run_dir)
-    if task == "icl-functions":
-        from grokking.reports.icl import write_icl_report
-        return write_icl_report(run_dir)
-    if task == "digit-addition":  # no structure to project: its report is the metric lens over training
-        from grokking.reports.metric_lens import write_run_lens
-        return write_run_lens(run_dir, "report.html")
-    from grokking.reports.structural import write_structural_report
-    return write_structural_report(run_dir, patience)
+    """RUN_DIR/report.html for any run: the page its task family names (grokking/families.py); `patience` is the
+    early-stopping rule of the language runs' page."""
+    run = RunDir(run_dir).require()
+    return family_of(run.read_config().task.task).resolve("report")(run.path, patience)
+
+
+# The family report writers whose own signature is not the registry's `(run_dir, patience) -> Path`.
+
+
+def modular_report(run_dir: Path, patience: int) -> Path:
+    """The Fourier page; modular runs have no early-stopping rule."""
+    from grokking.reports.modular import write_report as modular
+
+    return modular(run_dir)
+
+
+def icl_report(run_dir: Path, patience: int) -> Path:
+    """Errors against the baselines; icl-functions runs have no early-stopping rule."""
+    from grokking.reports.icl import write_icl_report
+
+    return write_icl_report(run_dir)
+
+
+def addition_report(run_dir: Path, patience: int) -> Path:
+    """Digit addition has no structure to project: its report is the metric lens over training."""
+    from grokking.reports.metric_lens import write_run_lens
+
+    return write_run_lens(run_dir, RunDir(run_dir).report_path.name)

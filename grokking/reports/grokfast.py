@@ -11,7 +11,7 @@ it), so that a compressed copy of the same three phases lies on top of the origi
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +20,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from grokking.config import RunConfig
 from grokking.errors import UserError
 from grokking.reports.html import Page, step_slider
+from grokking.store import RunDir
 
 BOUNDARIES = ("memorisation_end", "circuit_formation_end", "cleanup_end")
 COLOURS = ("#1f77b4", "#d62728")
@@ -32,7 +34,7 @@ class Side:
     """One analysed modular run, as the comparison reads it."""
 
     path: Path
-    config: dict
+    config: RunConfig
     metrics: pd.DataFrame
     table: pd.DataFrame
     summary: dict
@@ -40,27 +42,22 @@ class Side:
 
     @property
     def label(self) -> str:
-        tr = self.config["train"]
-        kind = tr.get("grad_filter", "none")
-        settings = {"none": "no filter", "ema": f"EMA a={tr.get('grad_filter_alpha')} l={tr.get('grad_filter_lambda')}",
-                    "ma": f"MA w={tr.get('grad_filter_window')} l={tr.get('grad_filter_lambda')}"}[kind]
-        return f"{self.path.name} (seed {tr['seed']}, {settings})"
+        tr = self.config.train
+        settings = {"none": "no filter", "ema": f"EMA a={tr.grad_filter_alpha} l={tr.grad_filter_lambda}",
+                    "ma": f"MA w={tr.grad_filter_window} l={tr.grad_filter_lambda}"}[tr.grad_filter]
+        return f"{self.path.name} (seed {tr.seed}, {settings})"
 
 
-def read_side(run_dir: str | Path) -> Side:
+def read_side(run_dir: str | os.PathLike[str]) -> Side:
     """The files of one analysed modular run, or a one-line error saying what to run first."""
-    path = Path(run_dir)
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} is not a run directory (no config.json)")
-    for name in ("analysis.csv", "analysis.json"):
-        if not (path / name).is_file():
-            raise UserError(f"{path} has no {name}; run `grokking analyze {path}` first")
-    config = json.loads((path / "config.json").read_text())
-    if config["task"]["task"] != "modular":
-        raise UserError(f"{path} is a {config['task']['task']} run; `grokking compare` compares modular runs")
-    norms = pd.read_csv(path / "fourier_norms.csv") if (path / "fourier_norms.csv").is_file() else None
-    return Side(path, config, pd.read_csv(path / "metrics.csv"), pd.read_csv(path / "analysis.csv"),
-                json.loads((path / "analysis.json").read_text()), norms)
+    run = RunDir(run_dir).require()
+    run.require_derived(run.analysis_path, run.analysis_summary_path)
+    config = run.read_config()
+    if config.task.task != "modular":
+        raise UserError(f"{run.path} is a {config.task.task} run; `grokking compare` compares modular runs")
+    norms = run.read_table(run.fourier_norms_path) if run.fourier_norms_path.is_file() else None
+    return Side(run.path, config, run.read_metrics_table(), run.read_table(run.analysis_path),
+                run.read_json(run.analysis_summary_path), norms)
 
 
 def first_step_at(metrics: pd.DataFrame, column: str, level: float) -> int | None:
@@ -162,7 +159,7 @@ def norms_figure(a: Side, b: Side, matrix: str = "W_L", max_steps: int = 40) -> 
 def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path) -> Path:
     """Write the comparison page of A (say, unfiltered) and B (say, filtered) to `out`."""
     a, b = read_side(run_a), read_side(run_b)
-    if (a.config["task"]["p"], a.config["task"]["frac_train"]) != (b.config["task"]["p"], b.config["task"]["frac_train"]):
+    if (a.config.task.p, a.config.task.frac_train) != (b.config.task.p, b.config.task.frac_train):
         raise UserError(f"{a.path} and {b.path} train on different data (p or frac_train differ); compare runs of one task")
     result = comparison(a, b)
     page = Page(f"Grokfast comparison: {a.label} vs {b.label}")

@@ -21,6 +21,23 @@ table.summary { border-collapse: collapse; } table.summary td, table.summary th 
 """
 
 
+PHASE_COLOURS = ("rgba(31,119,180,0.10)", "rgba(255,127,14,0.12)", "rgba(44,160,44,0.12)")
+PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
+
+
+def shade_phases(fig: go.Figure, phases: dict, rows_cols: list[tuple[int, int]] | None = None) -> None:
+    """Shade the three phases of `grokking.analysis.phases` (analysis.json's `phases`); with subplots, on every listed (row, col)."""
+    bounds = [0, phases.get("memorisation_end"), phases.get("circuit_formation_end"), phases.get("cleanup_end")]
+    targets = rows_cols or [(None, None)]
+    for i, (x0, x1) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if x0 is None or x1 is None:
+            continue
+        for row, col in targets:
+            label = {"annotation_text": PHASE_NAMES[i], "annotation_position": "top left", "annotation_font_size": 10}
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=PHASE_COLOURS[i], line_width=0, layer="below", row=row, col=col,
+                          **(label if (row, col) == targets[0] else {}))
+
+
 def step_slider(steps: list[int], traces_per_step: int, prefix: str = "step ") -> list[dict]:
     """A slider that shows the traces of one step at a time (traces are laid out step-major)."""
     n = len(steps) * traces_per_step

@@ -6,15 +6,15 @@ the convex combinations, error vs sinusoid frequency, and over training the erro
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from grokking.errors import UserError
 from grokking.reports.html import Page
+from grokking.store import RunDir
 
 PREDICTORS = ("model", "least squares", "family fit", "3-nearest neighbours", "averaging")
 COLOURS = dict(zip(PREDICTORS, ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f")))
@@ -69,21 +69,19 @@ def training_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def write_icl_report(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    if not (run_dir / "icl_curves.csv").is_file():
-        raise UserError(f"{run_dir} has no icl_curves.csv; run `grokking analyze {run_dir}` first")
-    config = json.loads((run_dir / "config.json").read_text())
-    t = config["task"]
-    families = [f.strip() for f in t["families"].split(",") if f.strip()]
-    curves = pd.read_csv(run_dir / "icl_curves.csv")
-    table = pd.read_csv(run_dir / "analysis.csv")
-    summary = json.loads((run_dir / "analysis.json").read_text())
-    page = Page(f"In-context functions: {run_dir.name}")
+def write_icl_report(run_dir: str | os.PathLike[str]) -> Path:
+    run = RunDir(run_dir).require()
+    config = run.read_config()
+    t = config.task
+    families = [f.strip() for f in t.families.split(",") if f.strip()]
+    curves = run.read_table(run.icl_curves_path)
+    table = run.read_table(run.analysis_path)
+    summary = run.read_json(run.analysis_summary_path)
+    page = Page(f"In-context functions: {run.path.name}")
     page.section("Summary").table({
-        "run": f"{config.get('preset') or 'run'}, seed {config['train']['seed']}, final step {summary['final_step']}",
-        "mixture": f"{t['families']} (weights {t['family_weights'] or 'equal'}), d = {t['n_dims']}, {t['n_points']} points",
-        "sinusoid training frequencies": f"[{t['freq_min']}, {t['freq_max']}]",
+        "run": f"{config.preset or 'run'}, seed {config.train.seed}, final step {summary['final_step']}",
+        "mixture": f"{t.families} (weights {t.family_weights or 'equal'}), d = {t.n_dims}, {t.n_points} points",
+        "sinusoid training frequencies": f"[{t.freq_min}, {t.freq_max}]",
         **{f"error at last k, {name}": ", ".join(f"{p} {v:.3g}" for p, v in summary["error_at_last_k"][name].items())
            for name in families},
     })
@@ -101,8 +99,7 @@ def write_icl_report(run_dir: str | Path) -> Path:
     if curves["set"].str.startswith("sinusoid f=").any():
         page.section("Sinusoids at fixed frequencies, inside and outside the training range")
         page.figure(sweep_figure(at_last_k(curves, "sinusoid f=", lambda s: float(s.split("=")[1])), "frequency omega",
-                                 (t["freq_min"], t["freq_max"])))
+                                 (t.freq_min, t.freq_max)))
     page.section("Over training").figure(training_figure(table))
-    path = run_dir / "report.html"
-    page.write(path)
-    return path
+    page.write(run.report_path)
+    return run.report_path

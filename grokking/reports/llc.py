@@ -8,18 +8,16 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from grokking.reports.html import Page
-from grokking.reports.modular import _shade_phases
+from grokking.reports.html import Page, shade_phases
+from grokking.store import RunDir
 
-LLC_TABLE = "llc.csv"
-CALIBRATION_TABLE, CALIBRATION_TRACES, CALIBRATION_PAGE = "llc_calibration.csv", "llc_calibration_traces.csv", "llc_calibration.html"
 LLC_NOTE = ("Local learning coefficient (devinterp SGLD estimate; mean and std over chains; settings in llc.json). "
             "Higher means a more complex local geometry of the loss around the checkpoint.")
 
@@ -36,20 +34,21 @@ def llc_figure(llc: pd.DataFrame, others: dict[str, pd.Series], phases: dict | N
         if name.endswith("loss"):
             fig.update_yaxes(type="log", row=i, col=1)
     if phases:
-        _shade_phases(fig, phases, [(r, 1) for r in range(1, rows + 1)])
+        shade_phases(fig, phases, [(r, 1) for r in range(1, rows + 1)])
     fig.update_xaxes(title_text="step", row=rows, col=1)
     fig.update_layout(height=260 * rows, showlegend=False, margin={"t": 40})
     return fig
 
 
-def run_llc_figure(run_dir: Path) -> go.Figure | None:
+def run_llc_figure(run_dir: str | os.PathLike[str]) -> go.Figure | None:
     """The run's LLC figure, with the context its family has; None when the run has no llc.csv."""
-    if not (run_dir / LLC_TABLE).is_file():
+    run = RunDir(run_dir)
+    if not run.llc_path.is_file():
         return None
-    llc = pd.read_csv(run_dir / LLC_TABLE)
-    analysis = pd.read_csv(run_dir / "analysis.csv").set_index("step") if (run_dir / "analysis.csv").is_file() else pd.DataFrame()
-    summary = json.loads((run_dir / "analysis.json").read_text()) if (run_dir / "analysis.json").is_file() else {}
-    metrics = pd.read_csv(run_dir / "metrics.csv").set_index("step") if (run_dir / "metrics.csv").is_file() else pd.DataFrame()
+    llc = run.read_table(run.llc_path)
+    analysis = run.read_table(run.analysis_path).set_index("step") if run.analysis_path.is_file() else pd.DataFrame()
+    summary = run.read_json(run.analysis_summary_path) if run.analysis_summary_path.is_file() else {}
+    metrics = run.read_metrics_table().set_index("step")
     others = {}
     for name, table, column in (("train loss", analysis, "train_loss"), ("test loss", analysis, "test_loss"),
                                 ("gen accuracy", metrics, "gen_acc"), ("tscore", analysis, "tscore")):
@@ -58,7 +57,7 @@ def run_llc_figure(run_dir: Path) -> go.Figure | None:
     return llc_figure(llc, others, summary.get("phases"))
 
 
-def add_llc_section(page: Page, run_dir: Path) -> None:
+def add_llc_section(page: Page, run_dir: str | os.PathLike[str]) -> None:
     """Append the LLC section to a run's report when `grokking analyze --measures llc` has written llc.csv."""
     fig = run_llc_figure(run_dir)
     if fig is not None:
@@ -87,11 +86,12 @@ def calibration_figure(table: pd.DataFrame, traces: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def write_calibration_page(run_dir: Path, step: int) -> Path:
+def write_calibration_page(run_dir: str | os.PathLike[str], step: int) -> Path:
     """RUN/llc_calibration.html from llc_calibration.csv and llc_calibration_traces.csv."""
-    table = pd.read_csv(run_dir / CALIBRATION_TABLE)
-    traces = pd.read_csv(run_dir / CALIBRATION_TRACES)
-    page = Page(f"LLC calibration: {run_dir.name}, step {step}")
+    run = RunDir(run_dir)
+    table = run.read_table(run.llc_calibration_path, command="grokking llc-calibrate")
+    traces = run.read_table(run.llc_calibration_traces_path, command="grokking llc-calibrate")
+    page = Page(f"LLC calibration: {run.path.name}, step {step}")
     page.section("Settings", "One LLC estimate per step size (lr, columns) and localization (γ, rows). drift: the rise of the "
                  "mean loss over the last quarter of the draws as a fraction of its whole rise (near 0: the chains levelled off).")
     page.table({f"lr {r.lr:g}, γ {r.localization:g}": f"LLC {r.llc_mean:.4g} ± {r.llc_std:.2g}, drift {r.drift:.2f}, {r.seconds:.0f} s"
@@ -99,6 +99,5 @@ def write_calibration_page(run_dir: Path, step: int) -> Path:
     page.section("Loss trace per chain", "Dotted: the checkpoint's own loss. A usable setting rises and levels off; a trace "
                  "still climbing at the end has not converged, one that explodes has too large a step.")
     page.figure(calibration_figure(table, traces))
-    out = run_dir / CALIBRATION_PAGE
-    page.write(out)
-    return out
+    page.write(run.llc_calibration_page_path)
+    return run.llc_calibration_page_path

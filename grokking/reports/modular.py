@@ -7,7 +7,6 @@ code, so every number on the page can be traced back to the run directory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from safetensors.numpy import load_file
 
-from grokking.errors import UserError
-from grokking.reports.html import Page, step_slider
-
-PHASE_COLOURS = ("rgba(31,119,180,0.10)", "rgba(255,127,14,0.12)", "rgba(44,160,44,0.12)")
-PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
-
-
-def _shade_phases(fig: go.Figure, phases: dict, rows_cols: list[tuple[int, int]] | None = None) -> None:
-    """Shade the three phases; with subplots, on every listed (row, col)."""
-    bounds = [0, phases.get("memorisation_end"), phases.get("circuit_formation_end"), phases.get("cleanup_end")]
-    targets = rows_cols or [(None, None)]
-    for i, (x0, x1) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if x0 is None or x1 is None:
-            continue
-        for row, col in targets:
-            label = {"annotation_text": PHASE_NAMES[i], "annotation_position": "top left", "annotation_font_size": 10}
-            fig.add_vrect(x0=x0, x1=x1, fillcolor=PHASE_COLOURS[i], line_width=0, layer="below", row=row, col=col,
-                          **(label if (row, col) == targets[0] else {}))
+from grokking.reports.html import Page, shade_phases, step_slider
+from grokking.reports.llc import add_llc_section
+from grokking.store import RunDir
 
 
 def loss_figure(table: pd.DataFrame, phases: dict) -> go.Figure:
@@ -43,7 +27,7 @@ def loss_figure(table: pd.DataFrame, phases: dict) -> go.Figure:
         fig.add_scatter(x=table.step, y=table[f"{col}_acc"], name=f"{col} accuracy", line=dict(color=colour, dash="dot"), row=1, col=2)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="step")
-    _shade_phases(fig, phases, [(1, 1), (1, 2)])
+    shade_phases(fig, phases, [(1, 1), (1, 2)])
     fig.update_layout(height=420, hovermode="x unified")
     return fig
 
@@ -61,7 +45,7 @@ def progress_figure(table: pd.DataFrame, phases: dict) -> go.Figure:
     for row, col in ((1, 1), (1, 2), (2, 1)):
         fig.update_yaxes(type="log", row=row, col=col)
     fig.update_xaxes(title_text="step")
-    _shade_phases(fig, phases, [(1, 1), (1, 2), (2, 1), (2, 2)])
+    shade_phases(fig, phases, [(1, 1), (1, 2), (2, 1), (2, 2)])
     fig.update_layout(height=700, hovermode="x unified")
     return fig
 
@@ -114,43 +98,23 @@ def cos_coefficient_figure(table: pd.DataFrame, phases: dict, operation: str = "
     fig = go.Figure()
     for col in sorted(c for c in table.columns if c.startswith("cos_coef_k")):
         fig.add_scatter(x=table.step, y=table[col], name=f"w = {col.removeprefix('cos_coef_k')}")
-    _shade_phases(fig, phases)
+    shade_phases(fig, phases)
     fig.update_layout(title=f"coefficient of cos(w({s}-c)) in the logits, per key frequency", xaxis_title="step", height=400)
     return fig
 
 
-def _read(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, dict, dict[str, np.ndarray]]:
+def _read(run: RunDir) -> tuple[pd.DataFrame, pd.DataFrame | None, dict, dict[str, np.ndarray]]:
     """The analysis files; fourier_norms.csv is None for an operation whose Fourier measures do not apply."""
-    needed = ["analysis.csv", "analysis.json", "analysis_maps.safetensors"]
-    missing = [n for n in needed if not (run_dir / n).is_file()]
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    if missing:
-        raise UserError(f"{run_dir} has no {missing[0]}; run `grokking analyze {run_dir}` first")
-    summary = json.loads((run_dir / "analysis.json").read_text())
-    norms_path = run_dir / "fourier_norms.csv"
-    if summary.get("fourier_applicable", True) and not norms_path.is_file():
-        raise UserError(f"{run_dir} has no fourier_norms.csv; run `grokking analyze {run_dir}` first")
-    norms = pd.read_csv(norms_path) if summary.get("fourier_applicable", True) else None
-    columns = ANALYSIS_COLUMNS + (FOURIER_COLUMNS if summary.get("fourier_applicable", True) else [])
-    return _read_table(run_dir / "analysis.csv", columns, run_dir), norms, summary, load_file(str(run_dir / "analysis_maps.safetensors"))
+    run.require_derived(run.analysis_path, run.analysis_summary_path, run.analysis_maps_path)
+    summary = run.read_json(run.analysis_summary_path)
+    applicable = summary.get("fourier_applicable", True)
+    norms = run.read_table(run.fourier_norms_path) if applicable else None
+    columns = ANALYSIS_COLUMNS + (FOURIER_COLUMNS if applicable else [])
+    return run.read_table(run.analysis_path, columns), norms, summary, load_file(str(run.analysis_maps_path))
 
 
 ANALYSIS_COLUMNS = ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
 FOURIER_COLUMNS = ["restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L", "total_sq_weight_norm"]
-
-
-def _read_table(path: Path, columns: list[str], run_dir: Path) -> pd.DataFrame:
-    """analysis.csv from an older version (or damaged by hand) is one line naming it, not a traceback from a figure."""
-    fix = f"re-run `grokking analyze {run_dir}`"
-    try:
-        table = pd.read_csv(path)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise UserError(f"cannot read {path} ({' '.join(str(exc).split())}); {fix}") from None
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise UserError(f"{path} is from an older version or was edited (no column {', '.join(missing)}); {fix}")
-    return table
 
 
 def _key_frequency_text(summary: dict) -> str:
@@ -169,20 +133,20 @@ def _key_frequency_text(summary: dict) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html and return its path."""
-    run_dir = Path(run_dir)
-    table, norms, summary, maps = _read(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    run = RunDir(run_dir).require()
+    config = run.read_config()
+    table, norms, summary, maps = _read(run)
     phases = summary["phases"]
     final = table.iloc[-1]
-    page = Page(f"Grokking report: {config.get('preset') or run_dir.name} (p={config['task']['p']}, seed {config['train']['seed']})")
+    page = Page(f"Grokking report: {config.preset or run.path.name} (p={config.task.p}, seed {config.train.seed})")
     applicable = summary.get("fourier_applicable", True)
     fourier_rows = {
         "key frequencies (rule per key)": _key_frequency_text(summary),
         "key frequencies (W_E norms >= half the largest)": summary.get("key_frequencies_from_embedding"),
     } if applicable else {"Fourier measures": summary.get("fourier_note")}
     page.section("Summary").table({
-        "run directory": str(run_dir.resolve()),
-        "operation": config["task"].get("operation", "add"),
+        "run directory": str(run.path.resolve()),
+        "operation": config.task.operation,
         "checkpoints analysed": len(table),
         "final step": int(final.step),
         "final train / test accuracy": f"{final.train_acc:.2%} / {final.test_acc:.2%}",
@@ -195,9 +159,8 @@ def write_report(run_dir: str | Path) -> Path:
     page.section("Loss and accuracy", "Shaded: the phases found by grokking.analysis.phases (rule in its docstring).").figure(loss_figure(table, phases))
     if not applicable:
         page.section("Fourier measures: not applicable", summary.get("fourier_note"))
-        out = run_dir / "report.html"
-        page.write(out)
-        return out
+        page.write(run.report_path)
+        return run.report_path
     page.section("Progress measures", "Restricted loss keeps only the key-frequency components of the logits; excluded loss removes them "
                  "and is measured on the training data. Restricted loss falls, and excluded loss rises, before the test loss drops.")
     page.figure(progress_figure(table, phases))
@@ -207,10 +170,7 @@ def write_report(run_dir: str | Path) -> Path:
                  "frequency; the slider moves through training.")
     page.figure(maps_figure(maps, "attention_to_a", [f"head {h}" for h in range(maps["attention_to_a"].shape[1])], "attention '=' -> a"))
     page.figure(maps_figure(maps, "neuron_acts", [f"neuron {n}" for n in maps["neurons"].tolist()], "neuron activations"))
-    page.section("Logit structure").figure(cos_coefficient_figure(table, phases, config["task"].get("operation", "add")))
-    from grokking.reports.llc import add_llc_section  # here: reports.llc draws with this module's phase shading
-
-    add_llc_section(page, run_dir)
-    out = run_dir / "report.html"
-    page.write(out)
-    return out
+    page.section("Logit structure").figure(cos_coefficient_figure(table, phases, config.task.operation))
+    add_llc_section(page, run)
+    page.write(run.report_path)
+    return run.report_path

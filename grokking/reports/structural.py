@@ -6,7 +6,7 @@ checkpoints), so the patience is a report flag and needs no re-analysis."""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,8 @@ from plotly.subplots import make_subplots
 from grokking.analysis.early_stopping import EarlyStopping, early_stopping
 from grokking.errors import UserError
 from grokking.reports.html import Page, step_slider
+from grokking.reports.llc import add_llc_section
+from grokking.store import RunDir
 
 
 def accuracy_figure(metrics: pd.DataFrame, stopping: EarlyStopping | None) -> go.Figure:
@@ -86,22 +88,21 @@ def early_stopping_table(stopping: EarlyStopping) -> dict[str, str]:
     }
 
 
-def write_structural_report(run_dir: Path, patience: int = 5) -> Path:
+def write_structural_report(run_dir: str | os.PathLike[str], patience: int = 5) -> Path:
     if patience < 1:
         raise UserError(f"--patience must be >= 1 evaluations, got {patience}")
-    for name in ("analysis.csv", "analysis.json"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir} has no {name}; run `grokking analyze {run_dir}` first")
-    table = pd.read_csv(run_dir / "analysis.csv")
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    summary = json.loads((run_dir / "analysis.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    run = RunDir(run_dir).require()
+    run.require_derived(run.analysis_path, run.analysis_summary_path)
+    table = run.read_table(run.analysis_path)
+    metrics = run.read_metrics_table()
+    summary = run.read_json(run.analysis_summary_path)
+    config = run.read_config()
     stopping = early_stopping(metrics, patience) if "gen_acc" in metrics else None
-    page = Page(f"Structural grokking report: {config.get('preset') or run_dir.name} "
-                f"({config['task']['task']}, {config['model']['n_layers']} layers, seed {config['train']['seed']})")
+    page = Page(f"Structural grokking report: {config.preset or run.path.name} "
+                f"({config.task.task}, {config.model.n_layers} layers, seed {config.train.seed})")
     final = table.iloc[-1]
     page.section("Summary").table({
-        "run directory": str(run_dir.resolve()), "checkpoints analysed": len(table), "final step": int(final.step),
+        "run directory": str(run.path.resolve()), "checkpoints analysed": len(table), "final step": int(final.step),
         "final val / gen accuracy": f"{final.get('val_acc', float('nan')):.1%} / {final.get('gen_acc', float('nan')):.1%}",
         "analysis sample": f"{summary.get('sample')} random training examples (seed {summary.get('sample_seed', 'n/a')}), "
                            f"{summary.get('sample_declaratives', 'n/a')} declaratives projected",
@@ -113,16 +114,12 @@ def write_structural_report(run_dir: Path, patience: int = 5) -> Path:
         page.table(early_stopping_table(stopping))
     page.figure(accuracy_figure(metrics, stopping))
     page.section("Weight norm, attention sparsity and tree-structuredness").figure(measures_figure(table)).figure(head_entropy_figure(table))
-    trees_path = run_dir / "analysis_trees.json"
-    if trees_path.is_file():
-        trees = json.loads(trees_path.read_text())
+    if run.analysis_trees_path.is_file():
+        trees = run.read_json(run.analysis_trees_path)
         page.section("Tree projection of one sentence", "Induced (greedy, as the paper) and CKY trees next to the gold parse, per step.")
         page.table({f"step {s}": f"greedy {t['brackets']['greedy']} | cky {t['brackets']['cky']} | gold {t['brackets']['gold']} "
                                  f"| tparseval {t['tparseval']['greedy']:.2f}" for s, t in trees.items()})
         page.figure(sci_figure(trees))
-    from grokking.reports.llc import add_llc_section  # here, as in reports.modular, which reports.llc imports
-
-    add_llc_section(page, run_dir)
-    out = run_dir / "report.html"
-    page.write(out)
-    return out
+    add_llc_section(page, run)
+    page.write(run.report_path)
+    return run.report_path

@@ -140,17 +140,23 @@ class GoldTree:
     @property
     def spans(self) -> set[tuple[int, int]]:
         """Every constituent of two or more words, the root included (as tparseval counts them)."""
-        out: set[tuple[int, int]] = set()
+        return tree_spans(self.nested)
 
-        def walk(node: Nested, start: int) -> int:
-            if isinstance(node, str):
-                return start + 1
-            end = walk(node[1], walk(node[0], start))
-            out.add((start, end - 1))
-            return end
 
-        walk(self.nested, 0)
-        return out
+def tree_spans(tree: object) -> set[tuple[int, int]]:
+    """Inclusive word spans of the internal nodes (>= 2 words, root included) of nested pairs; a leaf is
+    anything but a tuple (a word, or a word index as in induced trees)."""
+    spans: set[tuple[int, int]] = set()
+
+    def walk(node: object, start: int) -> int:
+        if not isinstance(node, tuple):
+            return start + 1
+        end = walk(node[1], walk(node[0], start))
+        spans.add((start, end - 1))
+        return end
+
+    walk(tree, 0)
+    return spans
 
 
 def category(label: str) -> str:

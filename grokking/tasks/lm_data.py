@@ -3,14 +3,13 @@
 Every example is a causal-LM sequence `<sos> input target <eos>`. This module owns what the three
 tasks have in common: the `Example` and `Vocab` types, encoding to padded tensors, reading and writing
 the published plain-text files, the seeded on-disk cache, the batched model-calling helpers the
-metrics use, and the registry. Scoring only ever sees a `logits_fn`, so tasks stay model-agnostic.
+metrics use, and the `LMTask` type. Scoring only ever sees a `logits_fn`, so tasks stay model-agnostic.
+It knows no task by name: `grokking.tasks.registry.get_lm_task` finds a language's module.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import importlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from grokking.errors import UserError
+from grokking.store import atomic_write
 
 PAD, SOS, EOS = "<pad>", "<sos>", "<eos>"
 
@@ -135,13 +135,11 @@ def numbered_examples(path: str | Path, vocab: Vocab, paired: bool = True) -> It
 
 
 def write_examples(path: str | Path, examples: Iterable[Example], paired: bool = True) -> None:
-    """Write atomically (temp file, then rename) so a crash or a concurrent reader never sees half a file."""
+    """Write atomically (`atomic_write`) so a crash or a concurrent reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(f"{ex.input}\t{ex.target}\n" if paired else f"{ex.input}\n" for ex in examples)
-    os.replace(tmp, path)
+    lines = (f"{ex.input}\t{ex.target}\n" if paired else f"{ex.input}\n" for ex in examples)
+    atomic_write(path, "".join(lines).encode("utf-8"))
 
 
 def draw_unique(draw: Callable[[], Example], n: int, seen: set[str]) -> list[Example]:
@@ -213,7 +211,7 @@ def greedy_decode(
     return out
 
 
-# ---- tasks and registry -----------------------------------------------------------------------------
+# ---- tasks -----------------------------------------------------------------------------------------
 
 Scorer = Callable[[LogitsFn, Sequence[Example], Vocab, int], dict[str, float]]
 
@@ -232,6 +230,10 @@ class LMTask:
     paired: bool = True  # lines are `input<TAB>target`; Dyck lines are one bare string
     # A line's published structure cell and words per declarative (QF and TI; see structure_mix.py).
     structure: Callable[[Example], tuple[tuple[str, str, str], int]] | None = None
+    # Tree projection (`grokking analyze`): the sentences to project from some examples, and their gold parse
+    # (QF and TI; None: no gold parses, so no tree measures).
+    tree_sentences: Callable[[Sequence[Example]], list[str]] | None = None
+    gold_parse: Callable[[str], object] | None = None
 
     def splits(self, data_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Example]]:
         """Read published-format files from `data_dir`, else generate for `seed` (cached on disk)."""
@@ -242,10 +244,10 @@ class LMTask:
         if all((directory / f"{self.file_stem}.{s}").is_file() for s in self.split_names):
             return self.splits(directory)
         data = self.generate(seed)
-        self._write(directory, data)
+        self.write(directory, data)
         # A human-readable record of what the hash in the directory name stands for.
         record = {"task": self.name, "seed": seed, **self.params}
-        (directory / "params.json").write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")
+        atomic_write(directory / "params.json", (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
         return data
 
     def cache_dir(self, seed: int) -> Path:
@@ -253,32 +255,15 @@ class LMTask:
 
     def export(self, directory: str | Path, seed: int = 0) -> list[Path]:
         """Write this seed's splits to `directory` in the published naming; returns the paths."""
-        return self._write(Path(directory), self.splits(seed=seed))
+        return self.write(Path(directory), self.splits(seed=seed))
 
     def evaluate(self, logits_fn: LogitsFn, examples: Sequence[Example], batch_size: int = 256) -> dict[str, float]:
         """The published metric of this task (`acc`, plus task-specific extras) on `examples`."""
         return self.score(logits_fn, examples, self.vocab, batch_size)
 
-    def _write(self, directory: Path, data: Mapping[str, Sequence[Example]]) -> list[Path]:
-        paths = [directory / f"{self.file_stem}.{s}" for s in self.split_names]
+    def write(self, directory: str | Path, data: Mapping[str, Sequence[Example]]) -> list[Path]:
+        """Write `data`'s splits to `directory` in the published naming; returns the paths."""
+        paths = [Path(directory) / f"{self.file_stem}.{s}" for s in self.split_names]
         for split, path in zip(self.split_names, paths):
             write_examples(path, data[split], self.paired)
         return paths
-
-
-# Task name -> module defining `TASK`. Imported lazily: the task modules import this one.
-LM_TASKS: dict[str, str] = {
-    "question-formation": "grokking.tasks.question_formation",
-    "tense-inflection": "grokking.tasks.tense_inflection",
-    "dyck": "grokking.tasks.dyck",
-}
-
-
-def get_lm_task(name: str, mix: str = "published") -> LMTask:
-    """The task `name`; `mix` picks the structure mix where a task has several (QF, TI; Dyck has one)."""
-    if name not in LM_TASKS:
-        close = difflib.get_close_matches(name, list(LM_TASKS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f"; choose one of {', '.join(LM_TASKS)}"
-        raise UserError(f"unknown LM task '{name}'{hint}")
-    module = importlib.import_module(LM_TASKS[name])
-    return getattr(module, "TASKS", {}).get(mix, module.TASK)

@@ -248,6 +248,11 @@ def is_question(example: Example) -> bool:
     return example.input.split()[-1] == QUEST
 
 
+def tree_sentences(examples: Sequence[Example]) -> list[str]:
+    """The declaratives of `quest` lines, as the paper's code projected them."""
+    return [" ".join(declarative_words(ex)) for ex in examples if is_question(ex)]
+
+
 def qf_is_correct(pred_first_word: str, example: Example) -> bool:
     """The published metric: the predicted first word of the question is the right auxiliary."""
     return pred_first_word == example.target.split()[0]
@@ -305,6 +310,8 @@ def make_task(sizes: dict[str, int] = SIZES, mix: str = "published") -> LMTask:
         generate=lambda seed: generate(seed, sizes, mix),
         score=score,
         structure=structure,
+        tree_sentences=tree_sentences,
+        gold_parse=gold_parse,
     )
 
 

@@ -120,6 +120,11 @@ def gold_parse(sentence: str | Example) -> GoldTree:
     return gold_tree(_parse_past([w for w in words if w not in (".", PAST, PRESENT)]))
 
 
+def tree_sentences(examples: Sequence[Example]) -> list[str]:
+    """Every line's input sentence."""
+    return [" ".join(sentence_words(ex)) for ex in examples]
+
+
 # ---- generation -----------------------------------------------------------------------------------------
 
 
@@ -274,6 +279,8 @@ def make_task(sizes: dict[str, int] = SIZES, mix: str = "published") -> LMTask:
         generate=lambda seed: generate(seed, sizes, mix),
         score=score,
         structure=structure,
+        tree_sentences=tree_sentences,
+        gold_parse=gold_parse,
     )
 
 

@@ -9,7 +9,6 @@ instead of the ~10 s a fresh `python -m grokking.cli` spends importing torch her
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import signal
 import subprocess
@@ -20,12 +19,7 @@ from pathlib import Path
 
 import pytest
 
-# pytest holds one module named `conftest` at a time (this one, once tests/faults/ is collected), and the other
-# test modules import `tiny_config` from it; load the shared definition from tests/conftest.py and re-export it.
-_spec = importlib.util.spec_from_file_location("_tests_conftest", Path(__file__).parents[1] / "conftest.py")
-_shared = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_shared)
-tiny_config = _shared.tiny_config
+from conftest import TINY_SETS, tiny_config
 
 
 def in_child(fn: Callable[[], object]) -> int:
@@ -75,10 +69,6 @@ def pause_training_at(step: int, flag: Path, go: Path | None = None) -> None:
         real_update(self, loss)
 
     Trainer.update = update
-
-
-TINY_SETS = {"p": "23", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "frac_train": "0.5",
-             "eval_every": "10", "checkpoint_every": "20", "lr": "3e-3"}
 
 
 def tiny_sweep(grid: dict[str, list], seeds: list[int], steps: int = 60):

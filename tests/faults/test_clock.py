@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import in_child, tiny_config, training_files
+from conftest import tiny_config
+from faults.conftest import in_child, training_files
 
 HOUR = 3600.0
 

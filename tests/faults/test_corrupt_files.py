@@ -16,7 +16,8 @@ import pytest
 from grokking import load_run
 from grokking.errors import UserError
 
-from conftest import in_child, tiny_config
+from conftest import tiny_config
+from faults.conftest import in_child
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from grokking.errors import UserError
 from grokking.store import RunDir
 from grokking.train import train
 
-from conftest import fill, in_child, tiny_config, training_files
+from conftest import tiny_config
+from faults.conftest import fill, in_child, training_files
 
 
 def fill_at(monkeypatch: pytest.MonkeyPatch, disk: Path, step: int) -> list[Path]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from grokking.store import DERIVED_FILES, RunDir
 
-from conftest import pause_training_at, start_child, tiny_config, wait_for
+from conftest import tiny_config
+from faults.conftest import pause_training_at, start_child, wait_for
 
 
 def test_analyze_and_report_while_training_writes(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from grokking.batched import train_batched
 from grokking.errors import UserError
 from grokking.store import RunDir
 
-from conftest import files_of, finish_child, in_child, pause_training_at, start_child, tiny_config, tiny_sweep, training_files, wait_for
+from conftest import tiny_config
+from faults.conftest import files_of, finish_child, in_child, pause_training_at, start_child, tiny_sweep, training_files, wait_for
 
 
 def test_second_training_refuses_and_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:

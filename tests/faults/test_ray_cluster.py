@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import in_child, tiny_sweep, training_files
+from faults.conftest import in_child, tiny_sweep, training_files
 
 # Node loss noticed in ~2 s, not ~30.
 RAY_SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}

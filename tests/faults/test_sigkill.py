@@ -14,7 +14,8 @@ from pathlib import Path
 from grokking.store import RunDir, checkpoint_name
 from grokking.train import is_checkpoint_step
 
-from conftest import die, in_child, tiny_config, tiny_sweep, training_files
+from conftest import tiny_config
+from faults.conftest import die, in_child, tiny_sweep, training_files
 
 SEED = 20
 TRAIN_KILLS, ANALYSIS_KILLS = 16, 4
