@@ -27,6 +27,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/grokking report $(RUN)
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

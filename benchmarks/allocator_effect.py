@@ -54,8 +54,10 @@ def main() -> None:
     print(f"{'allocator setting':<20}{'median ms/step':>16}{'fastest':>10}{'kernel ms/step':>16}{'page faults/step':>18}")
     for mode, runs in rows.items():
         ms = [r["ms"] for r in runs]
-        print(f"{mode:<20}{statistics.median(ms):>16.1f}{min(ms):>10.1f}"
-              f"{statistics.median(r['sys_ms'] for r in runs):>16.2f}{statistics.median(r['faults'] for r in runs):>18.0f}")
+        print(
+            f"{mode:<20}{statistics.median(ms):>16.1f}{min(ms):>10.1f}"
+            f"{statistics.median(r['sys_ms'] for r in runs):>16.2f}{statistics.median(r['faults'] for r in runs):>18.0f}"
+        )
 
 
 if __name__ == "__main__":

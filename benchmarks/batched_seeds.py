@@ -93,16 +93,22 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         solo = measure("run", "quick", 0, precision, args.quick_steps)
         batched = measure("run", "quick", n, precision, args.quick_steps)
-        print(f"  {precision}: one seed {solo['seconds']:.0f} s; {n} seeds batched {batched['seconds']:.0f} s "
-              f"= {batched['seconds'] / solo['seconds']:.2f}x one seed (target <= 3x), peak RSS {batched['rss_mb']:.0f} MB", flush=True)
+        print(
+            f"  {precision}: one seed {solo['seconds']:.0f} s; {n} seeds batched {batched['seconds']:.0f} s "
+            f"= {batched['seconds'] / solo['seconds']:.2f}x one seed (target <= 3x), peak RSS {batched['rss_mb']:.0f} MB",
+            flush=True,
+        )
     for preset in ("nanda-p113", "qf-cpu"):
         print(f"\n{preset}, ms/step over {args.steps} steps")
         for precision in ("fp32", "bf16"):
             solo = measure("steps", preset, 0, precision, args.steps)
             batched = measure("steps", preset, n, precision, args.steps)
-            print(f"  {precision}: one seed {solo['ms']:.0f} ms/step (peak RSS {solo['rss_mb']:.0f} MB); {n} seeds batched "
-                  f"{batched['ms']:.0f} ms/step = {batched['ms'] / n:.0f} ms per seed-step, {batched['ms'] / solo['ms']:.2f}x "
-                  f"one seed's step (peak RSS {batched['rss_mb']:.0f} MB)", flush=True)
+            print(
+                f"  {precision}: one seed {solo['ms']:.0f} ms/step (peak RSS {solo['rss_mb']:.0f} MB); {n} seeds batched "
+                f"{batched['ms']:.0f} ms/step = {batched['ms'] / n:.0f} ms per seed-step, {batched['ms'] / solo['ms']:.2f}x "
+                f"one seed's step (peak RSS {batched['rss_mb']:.0f} MB)",
+                flush=True,
+            )
     print(f"\nload after: {os.getloadavg()}")
 
 

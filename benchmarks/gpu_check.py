@@ -37,10 +37,17 @@ REPO = Path(__file__).resolve().parent.parent
 BUDGET_S = 450  # of the 8 minutes; the rest is the wrapper's wheel install and the machine's start-up margin
 DRY_SLACK = 4  # --dry-run stretches every limit: a loaded 2-core CPU (or one without bf16) is slower than an H200 at toy sizes
 # Toy sizes for --dry-run: every step's code path at a cost of seconds on one CPU core.
-TOY_MODULAR = {"p": "23", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "frac_train": "0.5",
-               "eval_every": "10", "checkpoint_every": "10"}
-TOY_LM = {"n_layers": "1", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "batch_size": "4",
-          "eval_examples": "8"}
+TOY_MODULAR = {
+    "p": "23",
+    "d_model": "32",
+    "n_heads": "2",
+    "d_head": "16",
+    "d_mlp": "64",
+    "frac_train": "0.5",
+    "eval_every": "10",
+    "checkpoint_every": "10",
+}
+TOY_LM = {"n_layers": "1", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "batch_size": "4", "eval_examples": "8"}
 NANDA_STEPS = 25_000
 
 
@@ -129,8 +136,14 @@ def worker_environment(dry: bool) -> dict[str, Any]:
 
     import torch
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "cuda_build": torch.version.cuda,
-                            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+    }
     for package in ("transformer-lens", "transformers", "datasets", "numpy", "pandas"):
         try:
             info[package] = importlib.metadata.version(package)
@@ -138,9 +151,14 @@ def worker_environment(dry: bool) -> dict[str, Any]:
             info[package] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
-                    multiprocessors=props.multi_processor_count, bf16=torch.cuda.is_bf16_supported(),
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        info.update(
+            device=props.name,
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            bf16=torch.cuda.is_bf16_supported(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     if shutil.which("nvidia-smi"):
         query = "name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu"
         smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True)
@@ -189,10 +207,22 @@ def worker_lm_speed(dry: bool, presets: list[str]) -> dict[str, Any]:
             n_evals = tr.steps // tr.eval_every + 1
             n_ckpts = sum(is_checkpoint_step(s, tr) for s in range(tr.steps + 1))
             hours = (tr.steps * ms / 1000 + n_evals * eval_s + n_ckpts * ckpt_s) / 3600
-            rows.append({"preset": preset, "precision": precision, "ms_per_step": round(ms, 2), "syncs_per_step": syncs,
-                         "peak_gib": _peak_gib(device), "eval_s": round(eval_s, 3), "checkpoint_s": round(ckpt_s, 3),
-                         "full_steps": tr.steps, "evaluations": n_evals, "checkpoints": n_ckpts,
-                         "projected_full_run_h": round(hours, 3), "training_only_h": round(tr.steps * ms / 3.6e6, 3)})
+            rows.append(
+                {
+                    "preset": preset,
+                    "precision": precision,
+                    "ms_per_step": round(ms, 2),
+                    "syncs_per_step": syncs,
+                    "peak_gib": _peak_gib(device),
+                    "eval_s": round(eval_s, 3),
+                    "checkpoint_s": round(ckpt_s, 3),
+                    "full_steps": tr.steps,
+                    "evaluations": n_evals,
+                    "checkpoints": n_ckpts,
+                    "projected_full_run_h": round(hours, 3),
+                    "training_only_h": round(tr.steps * ms / 3.6e6, 3),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows, "timed_steps": steps}
 
@@ -222,10 +252,18 @@ def worker_batched(dry: bool) -> dict[str, Any]:
         batch = open_batch(cfg, list(range(n)), [root / "batched-steps" / f"seed{s}" for s in range(n)])[1]
         batched_ms = _ms_per_step(batch, device, 5 if dry else 50, 2 if dry else 10)
     test_acc = [float(m.last_row["test_acc"]) for m in members if m.last_row]
-    return {"seeds": n, "steps": steps, "solo_run_s": round(solo.elapsed, 2), "batched_run_s": round(members[0].elapsed, 2),
-            "run_cost_ratio": round(members[0].elapsed / solo.elapsed, 2), "solo_ms_per_step": round(solo_ms, 2),
-            "batched_ms_per_step": round(batched_ms, 2), "step_cost_ratio": round(batched_ms / solo_ms, 2),
-            "batched_peak_gib": batched_peak, "test_acc_per_seed": test_acc}
+    return {
+        "seeds": n,
+        "steps": steps,
+        "solo_run_s": round(solo.elapsed, 2),
+        "batched_run_s": round(members[0].elapsed, 2),
+        "run_cost_ratio": round(members[0].elapsed / solo.elapsed, 2),
+        "solo_ms_per_step": round(solo_ms, 2),
+        "batched_ms_per_step": round(batched_ms, 2),
+        "step_cost_ratio": round(batched_ms / solo_ms, 2),
+        "batched_peak_gib": batched_peak,
+        "test_acc_per_seed": test_acc,
+    }
 
 
 def worker_profile(dry: bool, out: Path) -> dict[str, Any]:
@@ -253,9 +291,16 @@ def worker_profile(dry: bool, out: Path) -> dict[str, Any]:
         kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
         kernel_ms = sum(e.self_device_time_total for e in kernels) / 1000 / steps
         on_gpu = bool(kernels)  # None below: no kernel events (a CPU, or a profiler that saw none)
-        rows.append({"preset": preset, "precision": precision, "wall_ms_per_step": round(wall_ms, 2),
-                     "kernel_ms_per_step": round(kernel_ms, 3) if on_gpu else None, "gpu_busy": round(kernel_ms / wall_ms, 3) if on_gpu else None,
-                     "kernels_per_step": round(sum(e.count for e in kernels) / steps, 1) if on_gpu else None})
+        rows.append(
+            {
+                "preset": preset,
+                "precision": precision,
+                "wall_ms_per_step": round(wall_ms, 2),
+                "kernel_ms_per_step": round(kernel_ms, 3) if on_gpu else None,
+                "gpu_busy": round(kernel_ms / wall_ms, 3) if on_gpu else None,
+                "kernels_per_step": round(sum(e.count for e in kernels) / steps, 1) if on_gpu else None,
+            }
+        )
         sort_key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
         tables.append(f"## {preset} {precision}: {steps} steps, sorted by {sort_key}\n\n{averages.table(sort_by=sort_key, row_limit=15)}")
         print(json.dumps(rows[-1]), flush=True)
@@ -263,8 +308,13 @@ def worker_profile(dry: bool, out: Path) -> dict[str, Any]:
     return {"rows": rows, "profiled_steps": steps}
 
 
-WORKERS: dict[str, Callable[..., dict[str, Any]]] = {"environment": worker_environment, "lm_speed": worker_lm_speed,
-                                                     "icl_speed": worker_lm_speed, "batched": worker_batched, "profile": worker_profile}
+WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "environment": worker_environment,
+    "lm_speed": worker_lm_speed,
+    "icl_speed": worker_lm_speed,
+    "batched": worker_batched,
+    "profile": worker_profile,
+}
 
 
 # ---- the driver ----------------------------------------------------------------------------------------------
@@ -281,9 +331,12 @@ class Check:
         self.deadline = self.start + budget_s
         self.work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         self.log = out / "gpu_check.log"
-        self.results: dict[str, Any] = {"mode": "dry-run (CPU, toy sizes)" if dry else "gpu", "budget_s": budget_s,
-                                        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                        "steps": {}}
+        self.results: dict[str, Any] = {
+            "mode": "dry-run (CPU, toy sizes)" if dry else "gpu",
+            "budget_s": budget_s,
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "steps": {},
+        }
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -329,8 +382,12 @@ class Check:
         self.results["elapsed_s"] = round(time.monotonic() - self.start, 1)
         (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2))
         (self.out / "gpu_check.md").write_text(markdown(self.results))
-        print(f"[gpu_check] {name}: {entry['status']}" + (f" ({entry['seconds']} s)" if "seconds" in entry else "")
-              + (f": {entry.get('note') or entry.get('error')}" if entry.get("note") or entry.get("error") else ""), flush=True)
+        print(
+            f"[gpu_check] {name}: {entry['status']}"
+            + (f" ({entry['seconds']} s)" if "seconds" in entry else "")
+            + (f": {entry.get('note') or entry.get('error')}" if entry.get("note") or entry.get("error") else ""),
+            flush=True,
+        )
         return entry
 
     def worker(self, name: str, cap_s: float, reserve_s: float, *extra: str) -> dict[str, Any]:
@@ -381,8 +438,9 @@ def run_check(out: Path, dry: bool, python: str, budget_s: float) -> dict[str, A
         shutil.rmtree(check.work, ignore_errors=True)
         return check.results
 
-    tests = check.run("cuda_tests", [python, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rsxX", "-p", "no:cacheprovider"],
-                      cap_s=110, reserve_s=300)
+    tests = check.run(
+        "cuda_tests", [python, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rsxX", "-p", "no:cacheprovider"], cap_s=110, reserve_s=300
+    )
     tests.update(counts=pytest_counts(tests["output"]))
     tests["failures"] = [line for line in tests["output"].splitlines() if line.startswith(("FAILED", "ERROR", "XPASS"))]
     check.record("cuda_tests", tests)
@@ -393,8 +451,13 @@ def run_check(out: Path, dry: bool, python: str, budget_s: float) -> dict[str, A
 
     run_dir = check.work / "nanda-p113"
     toy = [arg for key, value in TOY_MODULAR.items() for arg in ("--set", f"{key}={value}")] + ["--steps", "40"] if dry else []
-    nanda = check.run("nanda_p113", check.cli("train", "nanda-p113", "--device", device, "--out", str(run_dir), "--fresh", *toy),
-                      cap_s=300, reserve_s=60, floor_s=30)
+    nanda = check.run(
+        "nanda_p113",
+        check.cli("train", "nanda-p113", "--device", device, "--out", str(run_dir), "--fresh", *toy),
+        cap_s=300,
+        reserve_s=60,
+        floor_s=30,
+    )
     nanda.update(summarise_run(run_dir, nanda, 40 if dry else NANDA_STEPS))
     check.record("nanda_p113", nanda)
     if (run_dir / "metrics.csv").is_file():
@@ -448,22 +511,53 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     steps = results["steps"]
     env = steps.get("environment", {})
-    lines = [f"# GPU check: {results['mode']}, started {results['started_utc']}, {results.get('elapsed_s')} s of {results['budget_s']} s",
-             "", f"Device: {env.get('device', 'none')} ({env.get('nvidia_smi', 'no nvidia-smi')}); CPU {env.get('cpu')} x{env.get('cpu_count')}; "
-             f"torch {env.get('torch')} (CUDA {env.get('cuda_build')}), transformer-lens {env.get('transformer-lens')}, "
-             f"Python {env.get('python')}", "", "| step | status | seconds | result |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU check: {results['mode']}, started {results['started_utc']}, {results.get('elapsed_s')} s of {results['budget_s']} s",
+        "",
+        f"Device: {env.get('device', 'none')} ({env.get('nvidia_smi', 'no nvidia-smi')}); CPU {env.get('cpu')} x{env.get('cpu_count')}; "
+        f"torch {env.get('torch')} (CUDA {env.get('cuda_build')}), transformer-lens {env.get('transformer-lens')}, "
+        f"Python {env.get('python')}",
+        "",
+        "| step | status | seconds | result |",
+        "|---|---|---|---|",
+    ]
     for name, entry in steps.items():
         lines.append(f"| {name} | {entry['status']} | {entry.get('seconds', '')} | {_headline(name, entry)} |")
     if "lm_speed" in steps and steps["lm_speed"].get("rows"):
-        lines += ["", f"## ms/step ({steps['lm_speed'].get('timed_steps')} timed steps) and projected full runs", "",
-                  _table(steps["lm_speed"]["rows"], ["preset", "precision", "ms_per_step", "syncs_per_step", "peak_gib", "eval_s",
-                                                     "checkpoint_s", "full_steps", "projected_full_run_h", "training_only_h"])]
+        lines += [
+            "",
+            f"## ms/step ({steps['lm_speed'].get('timed_steps')} timed steps) and projected full runs",
+            "",
+            _table(
+                steps["lm_speed"]["rows"],
+                [
+                    "preset",
+                    "precision",
+                    "ms_per_step",
+                    "syncs_per_step",
+                    "peak_gib",
+                    "eval_s",
+                    "checkpoint_s",
+                    "full_steps",
+                    "projected_full_run_h",
+                    "training_only_h",
+                ],
+            ),
+        ]
     if "icl_speed" in steps and steps["icl_speed"].get("rows"):
-        lines += ["", "## icl-paper", "", _table(steps["icl_speed"]["rows"], ["preset", "precision", "ms_per_step", "peak_gib",
-                                                                             "eval_s", "projected_full_run_h"])]
+        lines += [
+            "",
+            "## icl-paper",
+            "",
+            _table(steps["icl_speed"]["rows"], ["preset", "precision", "ms_per_step", "peak_gib", "eval_s", "projected_full_run_h"]),
+        ]
     if "profile" in steps and steps["profile"].get("rows"):
-        lines += ["", "## Where a step's time goes (kernel time from the profiler, wall time unprofiled)", "",
-                  _table(steps["profile"]["rows"], ["preset", "precision", "wall_ms_per_step", "kernel_ms_per_step", "gpu_busy", "kernels_per_step"])]
+        lines += [
+            "",
+            "## Where a step's time goes (kernel time from the profiler, wall time unprofiled)",
+            "",
+            _table(steps["profile"]["rows"], ["preset", "precision", "wall_ms_per_step", "kernel_ms_per_step", "gpu_busy", "kernels_per_step"]),
+        ]
     failures = steps.get("cuda_tests", {}).get("failures")
     if failures:
         lines += ["", "## CUDA test failures", "", *[f"- `{line}`" for line in failures]]
@@ -476,12 +570,16 @@ def _headline(name: str, e: dict[str, Any]) -> str:
     if name == "cuda_tests":
         return ", ".join(f"{v} {k}" for k, v in e.get("counts", {}).items())
     if name == "batched":
-        return (f"{e.get('seeds')} seeds x {e.get('steps')} steps: {e.get('batched_run_s')} s vs one seed {e.get('solo_run_s')} s "
-                f"= {e.get('run_cost_ratio')}x; per step {e.get('batched_ms_per_step')} vs {e.get('solo_ms_per_step')} ms = {e.get('step_cost_ratio')}x")
+        return (
+            f"{e.get('seeds')} seeds x {e.get('steps')} steps: {e.get('batched_run_s')} s vs one seed {e.get('solo_run_s')} s "
+            f"= {e.get('run_cost_ratio')}x; per step {e.get('batched_ms_per_step')} vs {e.get('solo_ms_per_step')} ms = {e.get('step_cost_ratio')}x"
+        )
     if name == "nanda_p113":
         projected = f" (stopped; full run projected at {e['projected_full_run_s']} s)" if e.get("projected_full_run_s") else ""
-        return (f"step {e.get('last_step')}: test acc {e.get('test_acc')}, training {e.get('training_s')} s{projected}; test acc >= 50% / 99% "
-                f"from step {e.get('first_step_test_acc_50')} / {e.get('first_step_test_acc_99')}")
+        return (
+            f"step {e.get('last_step')}: test acc {e.get('test_acc')}, training {e.get('training_s')} s{projected}; test acc >= 50% / 99% "
+            f"from step {e.get('first_step_test_acc_50')} / {e.get('first_step_test_acc_99')}"
+        )
     if name == "nanda_p113_analyze":
         return f"key frequencies {e.get('key_frequencies')}; phases {e.get('phases')}"
     if name in ("lm_speed", "icl_speed", "profile"):

@@ -55,8 +55,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     args = parser.parse_args()
-    print(f"{args.preset} {args.precision}, {os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads; "
-          f"load before: {os.getloadavg()}", flush=True)
+    print(
+        f"{args.preset} {args.precision}, {os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads; load before: {os.getloadavg()}",
+        flush=True,
+    )
     print(f"{'filter':8} {'ms/step on':>11} {'quartiles':>15} {'off':>7} {'quartiles':>15} {'on - off':>9} {'call alone':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("ema", "ma"):
@@ -65,14 +67,17 @@ def main() -> None:
             ms_per_step(loop, 3 if kind != "ma" else loop.cfg.train.grad_filter_window + 1)  # warm-up; fills the MA window
             times: dict[bool, list[float]] = {True: [], False: []}
             for r in range(args.rounds):
-                for on in ((True, False) if r % 2 == 0 else (False, True)):
+                for on in (True, False) if r % 2 == 0 else (False, True):
                     loop.__dict__["grad_filter"] = grad_filter if on else None  # `grad_filter` is a cached_property
                     times[on].append(ms_per_step(loop, args.steps))
             loop.__dict__["grad_filter"] = grad_filter
             alone = median(ms_per_filter_call(loop, args.steps) for _ in range(args.rounds))
             (on_q1, on_med, on_q3), (off_q1, off_med, off_q3) = (quantiles(times[k], n=4) for k in (True, False))
-            print(f"{kind:8} {on_med:11.1f} {on_q1:7.1f}-{on_q3:<7.1f} {off_med:7.1f} {off_q1:7.1f}-{off_q3:<7.1f} "
-                  f"{on_med - off_med:+9.1f} {alone:11.2f}", flush=True)
+            print(
+                f"{kind:8} {on_med:11.1f} {on_q1:7.1f}-{on_q3:<7.1f} {off_med:7.1f} {off_q1:7.1f}-{off_q3:<7.1f} "
+                f"{on_med - off_med:+9.1f} {alone:11.2f}",
+                flush=True,
+            )
     print(f"load after: {os.getloadavg()}")
 
 

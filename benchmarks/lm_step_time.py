@@ -56,8 +56,7 @@ class PlainLM(nn.Module):
         m = cfg.model
         self.embed = nn.Embedding(m.d_vocab, m.d_model)
         self.register_buffer("pos", sinusoidal_positions(m.n_ctx, m.d_model))
-        layer = nn.TransformerEncoderLayer(m.d_model, m.n_heads, m.d_mlp, dropout=0.0, activation="relu",
-                                           batch_first=True, norm_first=False)
+        layer = nn.TransformerEncoderLayer(m.d_model, m.n_heads, m.d_mlp, dropout=0.0, activation="relu", batch_first=True, norm_first=False)
         self.encoder = nn.TransformerEncoder(layer, m.n_layers, enable_nested_tensor=False)
         self.unembed = nn.Linear(m.d_model, m.d_vocab_out)
 
@@ -107,6 +106,7 @@ def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple
             with autocast(trainer.dtype, CPU):
                 loss, _ = loss_fn(trainer.model, data.tokens[idx], data.loss_mask[idx])
             trainer.update(loss)
+
         return step
 
     steps = {"lab": trainer_step(lab, fast_lm.loss_and_acc), "hooked": trainer_step(hooked, lm_loss_and_acc)}
@@ -126,6 +126,7 @@ def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
             opt.step()
+
         steps[name] = step
     return steps, lab, cfg
 
@@ -151,7 +152,7 @@ def bench(preset: str, threads: int, rounds: int, n_steps: int, args: argparse.N
     names = list(steps)
     for r in tqdm(range(rounds), desc=f"{preset} {threads} thread(s)", leave=False):
         batches = [sample() for _ in range(n_steps)]
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start, start_cpu = time.perf_counter(), time.process_time()
             for idx in batches:
                 steps[name](idx)
@@ -160,17 +161,18 @@ def bench(preset: str, threads: int, rounds: int, n_steps: int, args: argparse.N
     peak = {"fp32": matmul_peak(torch.float32)}
     if has_fast_bf16(CPU):
         peak["bf16"] = matmul_peak(torch.bfloat16)
-    print(f"\n{preset} ({cfg.model.n_layers} layers, precision {cfg.train.precision} -> "
-          f"{'bf16' if lab.dtype else 'fp32'}), {threads} thread(s); matmul peak "
-          + ", ".join(f"{k} {v:.0f} GFLOP per CPU-second" for k, v in peak.items()))
+    print(
+        f"\n{preset} ({cfg.model.n_layers} layers, precision {cfg.train.precision} -> "
+        f"{'bf16' if lab.dtype else 'fp32'}), {threads} thread(s); matmul peak "
+        + ", ".join(f"{k} {v:.0f} GFLOP per CPU-second" for k, v in peak.items())
+    )
     print("| variant | wall ms/step | plain / variant, wall | CPU ms/step | plain / variant, CPU | GFLOP/step | GFLOP per CPU-second |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         ms, cpu_ms = statistics.median(times[name]) * 1e3, statistics.median(cpu[name]) * 1e3
         ratio = statistics.median(p / v for p, v in zip(times["plain"], times[name]))
         cpu_ratio = statistics.median(p / v for p, v in zip(cpu["plain"], cpu[name]))
-        print(f"| {name} | {ms:.0f} | {ratio:.2f}x | {cpu_ms:.0f} | {cpu_ratio:.2f}x | {flops[name] / 1e9:.2f} "
-              f"| {flops[name] / cpu_ms / 1e6:.1f} |")
+        print(f"| {name} | {ms:.0f} | {ratio:.2f}x | {cpu_ms:.0f} | {cpu_ratio:.2f}x | {flops[name] / 1e9:.2f} | {flops[name] / cpu_ms / 1e6:.1f} |")
     if args.eval:
         time_eval(lab)
     if args.profile:

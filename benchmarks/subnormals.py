@@ -55,8 +55,7 @@ def main() -> None:
     run = load_run(args.run_dir)
     trainer = Trainer(run.config, RunDir(tempfile.mkdtemp()), torch.device("cpu"))
     steps = [int(s) for s in args.steps.split(",")] if args.steps else [run.steps[1], run.steps[-1]]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {run.config.preset}, "
-          f"precision {run.config.train.precision}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {run.config.preset}, precision {run.config.train.precision}")
     print(f"{'step':>7} {'subnormal probs':>16} {'default ms':>11} {'flushed ms':>11} {'ratio':>6}")
     for step in steps:
         load_tensors(trainer.model, run.weights(step))

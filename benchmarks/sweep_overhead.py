@@ -24,8 +24,11 @@ from pathlib import Path
 
 SEEDS = (0, 1, 2)
 GROKKING = [sys.executable, "-m", "grokking.cli"]
-MODES = {"hand": "by hand, 3 x `grokking train`", "local": "grokking sweep (local, in-process)",
-         "ray": "grokking sweep --executor ray --max-parallel 1"}
+MODES = {
+    "hand": "by hand, 3 x `grokking train`",
+    "local": "grokking sweep (local, in-process)",
+    "ray": "grokking sweep --executor ray --max-parallel 1",
+}
 
 
 def timed(args: list[str]) -> float:
@@ -50,7 +53,7 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     best: dict[str, tuple[float, float | None]] = {}
     for r in range(rounds):
-        for mode in (list(MODES) if r % 2 == 0 else list(reversed(MODES))):
+        for mode in list(MODES) if r % 2 == 0 else list(reversed(MODES)):
             with tempfile.TemporaryDirectory() as tmp:
                 wall, own = measure(mode, Path(tmp), steps)
             print(f"round {r + 1}: {MODES[mode]:<48} {wall:7.1f} s", flush=True)

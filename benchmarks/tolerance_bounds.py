@@ -40,11 +40,33 @@ def configured(preset: str, sets: dict[str, str]) -> RunConfig:
 
 
 # The tests' own tiny configurations (tests/conftest.py: tiny_config, tiny_lm).
-TINY_MODULAR = {"p": "23", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "frac_train": "0.5",
-                "steps": "100", "eval_every": "10", "checkpoint_every": "20", "lr": "3e-3"}
-TINY_LM = {"n_layers": "2", "d_model": "64", "n_heads": "2", "d_head": "32", "d_mlp": "128", "batch_size": "32",
-           "warmup_steps": "50", "steps": "20", "eval_every": "10", "checkpoint_every": "10", "eval_examples": "50",
-           "lr": "3e-3", "precision": "fp32"}
+TINY_MODULAR = {
+    "p": "23",
+    "d_model": "32",
+    "n_heads": "2",
+    "d_head": "16",
+    "d_mlp": "64",
+    "frac_train": "0.5",
+    "steps": "100",
+    "eval_every": "10",
+    "checkpoint_every": "20",
+    "lr": "3e-3",
+}
+TINY_LM = {
+    "n_layers": "2",
+    "d_model": "64",
+    "n_heads": "2",
+    "d_head": "32",
+    "d_mlp": "128",
+    "batch_size": "32",
+    "warmup_steps": "50",
+    "steps": "20",
+    "eval_every": "10",
+    "checkpoint_every": "10",
+    "eval_examples": "50",
+    "lr": "3e-3",
+    "precision": "fp32",
+}
 
 
 def batched_vs_solo(cfg: RunConfig, seeds: list[int], root: Path) -> dict[str, float]:
@@ -104,10 +126,10 @@ def measure_here() -> dict[str, float]:
         os.environ["GROKKING_DATA_CACHE"] = str(root / "data-cache")
         lm = batched_vs_solo(configured("qf-cpu", TINY_LM), [0, 1], root / "lm")
         modular = batched_vs_solo(configured("quick", TINY_MODULAR), [0, 1, 2], root / "modular")
-        clipped = batched_vs_solo(configured("quick", {**TINY_MODULAR, "steps": "60", "batch_size": "16", "grad_clip": "0.05"}),
-                                  [3, 4], root / "clipped")
-        modular_bf16 = batched_vs_solo(configured("quick", {**TINY_MODULAR, "steps": "60", "precision": "bf16"}), [0, 1],
-                                       root / "modular-bf16")
+        clipped = batched_vs_solo(
+            configured("quick", {**TINY_MODULAR, "steps": "60", "batch_size": "16", "grad_clip": "0.05"}), [3, 4], root / "clipped"
+        )
+        modular_bf16 = batched_vs_solo(configured("quick", {**TINY_MODULAR, "steps": "60", "precision": "bf16"}), [0, 1], root / "modular-bf16")
         bf16 = bf16_vs_fp32("quick", {**TINY_MODULAR, "steps": "40"}, root / "bf16")
         lm_bf16 = bf16_vs_fp32("qf-cpu", {**TINY_LM, "steps": "40", "eval_every": "20", "checkpoint_every": "20"}, root / "lm-bf16")
     return {

@@ -90,8 +90,9 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         solo = results[f"lab {precision} + eval/ckpt"][0] * full_steps / 60_000
         batched = results[f"batched {precision} + eval/ckpt"][0] * full_steps / 60_000
-        print(f"projected full run ({full_steps} steps) in {precision}: {solo:.1f} min per seed alone, "
-              f"{batched:.1f} min for {len(seeds)} seeds batched")
+        print(
+            f"projected full run ({full_steps} steps) in {precision}: {solo:.1f} min per seed alone, {batched:.1f} min for {len(seeds)} seeds batched"
+        )
 
 
 if __name__ == "__main__":

@@ -114,8 +114,7 @@ class BatchedTrainer:
         state = {}
         for index, name in enumerate(self.params):
             per_seed = [m.loaded_moments[name] for m in self.members]
-            state[index] = {"step": per_seed[0]["step"],
-                            **{key: torch.stack([s[key] for s in per_seed]) for key in ("exp_avg", "exp_avg_sq")}}
+            state[index] = {"step": per_seed[0]["step"], **{key: torch.stack([s[key] for s in per_seed]) for key in ("exp_avg", "exp_avg_sq")}}
         self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
         for member in self.members:
             member.loaded_moments = {}
@@ -163,8 +162,7 @@ class BatchedTrainer:
 
     def update(self, loss: Tensor) -> None:
         tr = self.cfg.train
-        optimizer_step(self.optimizer, loss, self.step, tr, lambda: clip_per_seed(list(self.params.values()), tr.grad_clip),
-                       self.grad_filter)
+        optimizer_step(self.optimizer, loss, self.step, tr, lambda: clip_per_seed(list(self.params.values()), tr.grad_clip), self.grad_filter)
         self.step += 1
         for member in self.members:
             member.step += 1
@@ -227,8 +225,14 @@ def default_outs(preset: str, seeds: Sequence[int], out: Path | None = None) -> 
     return [out / f"seed{s}" if out is not None else Path("checkpoints") / f"{preset}-seed{s}" for s in seeds]
 
 
-def open_batch(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path], fresh: bool = False,
-               member_chunk: int | None = None, held: ExitStack | None = None) -> tuple[list[Trainer], BatchedTrainer | None]:
+def open_batch(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    outs: Sequence[str | Path],
+    fresh: bool = False,
+    member_chunk: int | None = None,
+    held: ExitStack | None = None,
+) -> tuple[list[Trainer], BatchedTrainer | None]:
     """Every seed's trainer, resumed from its run directory, and the batch of those still to train (None: all done).
 
     Seeds whose directory already holds the finished run are left out of the batch; the others must be at
@@ -241,8 +245,10 @@ def open_batch(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path],
     if len(set(seeds)) != len(seeds) or len(outs) != len(seeds) or len({Path(o).resolve() for o in outs}) != len(outs):
         raise UserError("batched seeds need distinct seeds, each with its own run directory")
     if cfg.model.dropout:
-        raise UserError(f"--batch-seeds needs dropout=0 (got {cfg.model.dropout}): batched seeds could not draw the "
-                        "dropout masks of their solo runs; train these seeds one by one")
+        raise UserError(
+            f"--batch-seeds needs dropout=0 (got {cfg.model.dropout}): batched seeds could not draw the "
+            "dropout masks of their solo runs; train these seeds one by one"
+        )
     device = resolve_device(cfg.train.device)
     runs = [RunDir(out) for out in outs]
     with removed_on_failure([run.path for run in runs]):
@@ -264,8 +270,9 @@ def open_batch(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path],
     return list(members), BatchedTrainer(active, member_chunk) if active else None
 
 
-def train_batched(cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path], fresh: bool = False,
-                  progress: bool = True, member_chunk: int | None = None) -> list[Trainer]:
+def train_batched(
+    cfg: RunConfig, seeds: Sequence[int], outs: Sequence[str | Path], fresh: bool = False, progress: bool = True, member_chunk: int | None = None
+) -> list[Trainer]:
     """Train `cfg` once per seed, batched, one run directory per seed; re-running resumes every seed.
 
     Returns every seed's trainer (`.run`, `.last_row`, `.elapsed`), finished ones included (see `open_batch`).
@@ -283,8 +290,11 @@ def _train_open_batch(cfg: RunConfig, members: list[Trainer], batch: BatchedTrai
         return members
     if progress:
         state = f"resuming at step {batch.step}" if batch.step else "starting"
-        print(f"{cfg.preset or 'run'}: {len(batch.members)} seeds batched ({', '.join(str(m.cfg.train.seed) for m in batch.members)}), "
-              f"{state} on {batch.device} in {describe(batch.dtype)} -> {_where(batch.members)}", flush=True)
+        print(
+            f"{cfg.preset or 'run'}: {len(batch.members)} seeds batched ({', '.join(str(m.cfg.train.seed) for m in batch.members)}), "
+            f"{state} on {batch.device} in {describe(batch.dtype)} -> {_where(batch.members)}",
+            flush=True,
+        )
     start = time.perf_counter()
     batch.fit(progress=progress)
     elapsed = time.perf_counter() - start

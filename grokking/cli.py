@@ -12,8 +12,13 @@ import typer
 from grokking.errors import UserError
 from grokking.families import family_of, tasks_where
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="A lab for grokking and emergence in small transformers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="A lab for grokking and emergence in small transformers.",
+)
 
 
 @app.command()
@@ -37,8 +42,13 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set key=value (repeatable).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over even if the run directory holds a run.")] = False,
-    batch_seeds: Annotated[Optional[int], typer.Option("--batch-seeds", help="Train N seeds (--seed, --seed+1, ...) as one batched "
-                                                       "model, each into its own run directory (--out DIR means DIR/seed{s}).")] = None,
+    batch_seeds: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-seeds",
+            help="Train N seeds (--seed, --seed+1, ...) as one batched model, each into its own run directory (--out DIR means DIR/seed{s}).",
+        ),
+    ] = None,
 ) -> None:
     """Train a preset into a run directory; re-running on the same directory resumes it."""
     from grokking.config import assemble_config
@@ -74,11 +84,15 @@ def train(
         if rows:
             last = rows[-1]
             if "train_acc" not in last:  # regression (icl-functions): no accuracy
-                typer.echo(f"done: step {last['step']}, train MSE {float(last['train_loss']):.3e}, normalised test error "
-                           f"{float(last['test_loss']):.4f} ({trainer.elapsed:.0f} s) -> {trainer.run.path}")
+                typer.echo(
+                    f"done: step {last['step']}, train MSE {float(last['train_loss']):.3e}, normalised test error "
+                    f"{float(last['test_loss']):.4f} ({trainer.elapsed:.0f} s) -> {trainer.run.path}"
+                )
                 continue
-            typer.echo(f"done: step {last['step']}, train acc {float(last['train_acc']):.1%}, test acc {float(last['test_acc']):.1%}, "
-                       f"test loss {float(last['test_loss']):.2e} ({trainer.elapsed:.0f} s) -> {trainer.run.path}")
+            typer.echo(
+                f"done: step {last['step']}, train acc {float(last['train_acc']):.1%}, test acc {float(last['test_acc']):.1%}, "
+                f"test loss {float(last['test_loss']):.2e} ({trainer.elapsed:.0f} s) -> {trainer.run.path}"
+            )
 
 
 LLCLr = Annotated[float, typer.Option("--llc-lr", help="LLC: SGLD step size ε.")]
@@ -95,9 +109,16 @@ def analyze(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")],
     sample: Annotated[int, typer.Option(help="Random training examples for the structural measures (language runs).")] = 2000,
     sample_seed: Annotated[int, typer.Option(help="Seed of that random sample (language runs).")] = 0,
-    measures: Annotated[Optional[str], typer.Option(help="Extra measures on top of the standard ones, comma-separated: llc "
-                                                    "(the local learning coefficient through devinterp: RUN_DIR/llc.csv; pip install 'grokking[llc]').")] = None,
-    llc_sample: Annotated[Optional[int], typer.Option(help="LLC: only this many checkpoints, spread evenly (the final one included) [default: all].")] = None,
+    measures: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Extra measures on top of the standard ones, comma-separated: llc "
+            "(the local learning coefficient through devinterp: RUN_DIR/llc.csv; pip install 'grokking[llc]')."
+        ),
+    ] = None,
+    llc_sample: Annotated[
+        Optional[int], typer.Option(help="LLC: only this many checkpoints, spread evenly (the final one included) [default: all].")
+    ] = None,
     llc_every: Annotated[Optional[int], typer.Option(help="LLC: only every N-th checkpoint, counted back from the final one.")] = None,
     llc_lr: LLCLr = 1e-4,
     llc_localization: LLCLocalization = 1000.0,
@@ -120,8 +141,9 @@ def analyze(
     if "llc" in extra:
         from grokking.analysis.llc import LLCRequest, SGLDSettings
 
-        llc = LLCRequest(SGLDSettings(llc_lr, llc_localization, llc_nbeta, llc_chains, llc_draws, 0, llc_batch_size, llc_seed),
-                         llc_sample, llc_every).validate()  # a missing devinterp fails before the other measures run
+        llc = LLCRequest(
+            SGLDSettings(llc_lr, llc_localization, llc_nbeta, llc_chains, llc_draws, 0, llc_batch_size, llc_seed), llc_sample, llc_every
+        ).validate()  # a missing devinterp fails before the other measures run
     table = run_analysis(run_dir, sample=sample, sample_seed=sample_seed, llc=llc)
     run = RunDir(run_dir)
     summary = run.read_json(run.analysis_summary_path)
@@ -134,8 +156,10 @@ def analyze(
         typer.echo(f"early stopping {summary['early_stopping']}")
     if llc is not None:
         done = table.dropna(subset=["llc_mean"])
-        typer.echo(f"LLC of {len(done)} checkpoints -> {run.llc_path}" + (
-            f"; final {done.llc_mean.iloc[-1]:.4g} ± {done.llc_std.iloc[-1]:.2g}" if len(done) else ""))
+        typer.echo(
+            f"LLC of {len(done)} checkpoints -> {run.llc_path}"
+            + (f"; final {done.llc_mean.iloc[-1]:.4g} ± {done.llc_std.iloc[-1]:.2g}" if len(done) else "")
+        )
 
 
 @app.command("llc-calibrate")
@@ -143,7 +167,9 @@ def llc_calibrate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `grokking train`.")],
     step: Annotated[int, typer.Option(help="The checkpoint to sample around.")],
     lr: Annotated[Optional[list[float]], typer.Option("--lr", help="SGLD step sizes to try (repeatable) [default: 1e-6, 1e-5, 1e-4].")] = None,
-    localization: Annotated[Optional[list[float]], typer.Option("--localization", help="Localizations γ to try (repeatable) [default: 100, 1000, 10000].")] = None,
+    localization: Annotated[
+        Optional[list[float]], typer.Option("--localization", help="Localizations γ to try (repeatable) [default: 100, 1000, 10000].")
+    ] = None,
     nbeta: LLCNbeta = None,
     chains: LLCChains = 4,
     draws: LLCDraws = 200,
@@ -164,8 +190,10 @@ def llc_calibrate(
     write_csv(run.dir.llc_calibration_path, table)
     write_csv(run.dir.llc_calibration_traces_path, traces)
     for row in table.itertuples():
-        typer.echo(f"lr {row.lr:<8g} localization {row.localization:<8g} LLC {row.llc_mean:9.4g} ± {row.llc_std:<8.2g} "
-                   f"drift {row.drift:5.2f}  {row.seconds:.0f} s")
+        typer.echo(
+            f"lr {row.lr:<8g} localization {row.localization:<8g} LLC {row.llc_mean:9.4g} ± {row.llc_std:<8.2g} "
+            f"drift {row.drift:5.2f}  {row.seconds:.0f} s"
+        )
     typer.echo(f"calibration: {write_calibration_page(run.dir, step).resolve()}")
 
 
@@ -188,11 +216,17 @@ def data(
     seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
     export: Annotated[Optional[Path], typer.Option(help="Write every split in the published format to this directory.")] = None,
     mix: Annotated[str, typer.Option(help="Structure mix of question-formation / tense-inflection: published or grammar.")] = "published",
-    stats: Annotated[bool, typer.Option(
-        "--stats", help="Print the structure mix of DIR's files (no DIR: the generated splits) next to the published "
-                        "mix, with the TVD per split (Dyck: lengths, depths and unseen structures against the automaton).")] = False,
-    directory: Annotated[Optional[Path], typer.Argument(
-        metavar="[DIR]", help="With --stats: any directory of files in the published format (<stem>.<split>).")] = None,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats",
+            help="Print the structure mix of DIR's files (no DIR: the generated splits) next to the published "
+            "mix, with the TVD per split (Dyck: lengths, depths and unseen structures against the automaton).",
+        ),
+    ] = False,
+    directory: Annotated[
+        Optional[Path], typer.Argument(metavar="[DIR]", help="With --stats: any directory of files in the published format (<stem>.<split>).")
+    ] = None,
 ) -> None:
     """Print examples of a task's data, export its splits (generated, seeded; languages are cached), or --stats."""
     from grokking.config import MIXES
@@ -201,8 +235,7 @@ def data(
         raise UserError(f"--mix must be one of {', '.join(MIXES)}, got '{mix}'")
     family = family_of(task)
     if family.data is None:
-        raise UserError(f"{task} has no data to print: {family.summary}; "
-                        f"`grokking data` shows {', '.join(tasks_where('data'))}")
+        raise UserError(f"{task} has no data to print: {family.summary}; `grokking data` shows {', '.join(tasks_where('data'))}")
     from grokking.tasks.data_command import DataRequest
 
     for line in family.resolve("data")(DataRequest(task, split, n, seed, export, mix, stats, directory)):
@@ -236,8 +269,10 @@ def metric_lens(path: Annotated[Path, typer.Argument(help="A sweep directory (sw
     page = write_metric_lens(path)
     scores = pd.read_csv(page.with_name(METRIC_LENS_TABLE))
     for row in scores[~scores.metric.str.contains(r"_L\d+$|_k\d+$")].itertuples():
-        typer.echo(f"{row.metric:<22} emergence score {row.emergence_score:+9.3g}  ({row.first:.3g} -> {row.last:.3g}; "
-                   f"10/50/90% of its rise by {row.axis} {row.x_10:g}/{row.x_50:g}/{row.x_90:g})")
+        typer.echo(
+            f"{row.metric:<22} emergence score {row.emergence_score:+9.3g}  ({row.first:.3g} -> {row.last:.3g}; "
+            f"10/50/90% of its rise by {row.axis} {row.x_10:g}/{row.x_50:g}/{row.x_90:g})"
+        )
     typer.echo(f"metric lens: {page.resolve()}")
 
 
@@ -249,7 +284,9 @@ def sweep(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fixed override for every run: --set key=value (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory [default: checkpoints/sweeps/PRESET-<grid keys>].")] = None,
     executor: Annotated[str, typer.Option(help="local (this machine) or ray.")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster host:port, or auto for `ray start`'s on this machine [default: a fresh local instance].")] = None,
+    address: Annotated[
+        Optional[str], typer.Option(help="Ray cluster host:port, or auto for `ray start`'s on this machine [default: a fresh local instance].")
+    ] = None,
     max_parallel: Annotated[Optional[int], typer.Option(help="Runs at once [local default 1, in-process; ray default: as many as fit].")] = None,
     num_cpus: Annotated[float, typer.Option(help="CPUs per Ray task.")] = 1.0,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps of every run.")] = None,

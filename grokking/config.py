@@ -211,9 +211,11 @@ def check_addition(t: TaskConfig, tr: TrainConfig) -> None:
     check_language(t, tr)
     _check(1 <= t.n_digits <= 9, f"n_digits must be in 1..9, got {t.n_digits}")
     _check(t.n_train >= 1, f"n_train must be >= 1, got {t.n_train}")
-    _check(t.n_train + t.eval_examples <= 10 ** (2 * t.n_digits),
-           f"n_train + eval_examples = {t.n_train + t.eval_examples} exceeds the {10 ** (2 * t.n_digits)} distinct "
-           f"{t.n_digits}-digit pairs; lower them or raise n_digits")
+    _check(
+        t.n_train + t.eval_examples <= 10 ** (2 * t.n_digits),
+        f"n_train + eval_examples = {t.n_train + t.eval_examples} exceeds the {10 ** (2 * t.n_digits)} distinct "
+        f"{t.n_digits}-digit pairs; lower them or raise n_digits",
+    )
 
 
 def check_icl(t: TaskConfig, tr: TrainConfig) -> None:
@@ -229,16 +231,18 @@ def check_icl(t: TaskConfig, tr: TrainConfig) -> None:
         except ValueError:
             raise UserError(f"family_weights must be comma-separated numbers, got '{t.family_weights}'") from None
         _check(len(weights) == len(families), f"family_weights has {len(weights)} numbers for {len(families)} families")
-        _check(all(w >= 0 for w in weights) and sum(weights) > 0,
-               f"family_weights must be >= 0 and sum to a positive number, got '{t.family_weights}'")
+        _check(
+            all(w >= 0 for w in weights) and sum(weights) > 0, f"family_weights must be >= 0 and sum to a positive number, got '{t.family_weights}'"
+        )
     _check(t.n_dims >= 1, f"n_dims (d) must be >= 1, got {t.n_dims}")
     _check(t.n_points >= 1, f"n_points must be >= 1, got {t.n_points}")
     _check(0 < t.freq_min <= t.freq_max, f"need 0 < freq_min <= freq_max, got {t.freq_min}, {t.freq_max}")
     _check(t.sparsity >= 1, f"sparsity must be >= 1, got {t.sparsity}")
-    _check(0 <= t.d_start <= t.n_dims and 0 <= t.points_start <= t.n_points,
-           f"d_start / points_start must be in 0..n_dims / 0..n_points (0 = no curriculum), got {t.d_start} / {t.points_start}")
-    _check(t.curriculum_every >= 1 and t.d_step >= 0 and t.points_step >= 0,
-           "curriculum_every must be >= 1 and d_step, points_step >= 0")
+    _check(
+        0 <= t.d_start <= t.n_dims and 0 <= t.points_start <= t.n_points,
+        f"d_start / points_start must be in 0..n_dims / 0..n_points (0 = no curriculum), got {t.d_start} / {t.points_start}",
+    )
+    _check(t.curriculum_every >= 1 and t.d_step >= 0 and t.points_step >= 0, "curriculum_every must be >= 1 and d_step, points_step >= 0")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -358,25 +362,43 @@ def _icl(paper: bool) -> RunConfig:
 
 PRESETS: dict[str, tuple[str, Any]] = {
     "nanda-p113": ("Nanda et al. 2023: (a+b) mod 113, 30% train, 1 layer 128/4/512, AdamW wd 1.0, 25k full-batch steps", _nanda_p113),
-    "qf-paper": ("Murty et al. 2023 question formation: 6-layer 512/8/2048 post-LN LM, 300k steps, batch 8 (GPU-sized)",
-                 lambda: _structural("question-formation", True)),
+    "qf-paper": (
+        "Murty et al. 2023 question formation: 6-layer 512/8/2048 post-LN LM, 300k steps, batch 8 (GPU-sized)",
+        lambda: _structural("question-formation", True),
+    ),
     "ti-paper": ("Murty et al. 2023 tense inflection: as qf-paper (GPU-sized)", lambda: _structural("tense-inflection", True)),
     "dyck-paper": ("Murty et al. 2023 Dyck-(20,10): as qf-paper, 400k steps (GPU-sized)", lambda: _structural("dyck", True)),
-    "qf-cpu": ("Question formation for a 2-core CPU: 8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps; does not reach "
-               "80% gen (docs/results/structural-cpu.md, structural-data.md)", lambda: _structural("question-formation", False)),
-    "ti-cpu": ("Tense inflection for a 2-core CPU: 4 layers d128, 6k steps; does not show structural grokking "
-               "(docs/results/structural-cpu.md)", lambda: _structural("tense-inflection", False)),
-    "dyck-cpu": ("Dyck-(20,10) for a 2-core CPU: as ti-cpu, 3k steps, training strings <= 64 tokens; no delay between val "
-                 "and gen (docs/results/structural-cpu.md)", lambda: _structural("dyck", False)),
-    "addition-cpu": ("3-digit + 3-digit addition as a causal LM (answer least-significant digit first), 2 layers d64, "
-                     "10k training / 500 test pairs, lr 3e-3, 1.5k steps: the metric-lens model; ~1 min on one core", _addition_cpu),
-    "icl-paper": ("In-context functions, linear + sinusoid in d=1 (Yadlowsky et al.): 12 layers, 8 heads, width 256, "
-                  "500k steps, batch 64, lr 1e-4 (GPU-sized)", lambda: _icl(True)),
-    "icl-cpu": ("In-context functions, linear + sinusoid in d=1, 4 layers width 64, 16 points, batch 32, 5k steps: "
-                "22-28 min on one loaded CPU core. 2 seeds: picks the family (error at k=15: linear 0.005/0.010, least squares "
-                "exact; sinusoid 0.03, least squares 0.57) but fails in the middle of the convex combinations (0.38/0.33 at "
-                "a=0.25, 3-NN 0.17) and above the training frequencies (1.6-2.1 at omega 4-6). "
-                "docs/results/icl-functions.md", lambda: _icl(False)),
+    "qf-cpu": (
+        "Question formation for a 2-core CPU: 8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps; does not reach "
+        "80% gen (docs/results/structural-cpu.md, structural-data.md)",
+        lambda: _structural("question-formation", False),
+    ),
+    "ti-cpu": (
+        "Tense inflection for a 2-core CPU: 4 layers d128, 6k steps; does not show structural grokking (docs/results/structural-cpu.md)",
+        lambda: _structural("tense-inflection", False),
+    ),
+    "dyck-cpu": (
+        "Dyck-(20,10) for a 2-core CPU: as ti-cpu, 3k steps, training strings <= 64 tokens; no delay between val "
+        "and gen (docs/results/structural-cpu.md)",
+        lambda: _structural("dyck", False),
+    ),
+    "addition-cpu": (
+        "3-digit + 3-digit addition as a causal LM (answer least-significant digit first), 2 layers d64, "
+        "10k training / 500 test pairs, lr 3e-3, 1.5k steps: the metric-lens model; ~1 min on one core",
+        _addition_cpu,
+    ),
+    "icl-paper": (
+        "In-context functions, linear + sinusoid in d=1 (Yadlowsky et al.): 12 layers, 8 heads, width 256, 500k steps, batch 64, lr 1e-4 (GPU-sized)",
+        lambda: _icl(True),
+    ),
+    "icl-cpu": (
+        "In-context functions, linear + sinusoid in d=1, 4 layers width 64, 16 points, batch 32, 5k steps: "
+        "22-28 min on one loaded CPU core. 2 seeds: picks the family (error at k=15: linear 0.005/0.010, least squares "
+        "exact; sinusoid 0.03, least squares 0.57) but fails in the middle of the convex combinations (0.38/0.33 at "
+        "a=0.25, 3-NN 0.17) and above the training frequencies (1.6-2.1 at omega 4-6). "
+        "docs/results/icl-functions.md",
+        lambda: _icl(False),
+    ),
     "quick": ("Small modular addition (p=59, 30% train, lr 3e-3, 3.5k steps): memorises by step ~300, groks near step 2k; ~1 min on a CPU", _quick),
 }
 
@@ -388,8 +410,15 @@ def preset_config(name: str) -> RunConfig:
     return PRESETS[name][1]()
 
 
-def assemble_config(preset: str, sets: Mapping[str, str] | None = None, *, seed: int | None = None,
-                    steps: int | None = None, device: str | None = None, extra: Mapping[str, str] | None = None) -> RunConfig:
+def assemble_config(
+    preset: str,
+    sets: Mapping[str, str] | None = None,
+    *,
+    seed: int | None = None,
+    steps: int | None = None,
+    device: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> RunConfig:
     """The validated config of one run, the same way for `grokking train`, sweeps and benchmarks: the preset,
     then the `--set` overrides, then `extra` (a sweep run's grid values), then seed, steps and device."""
     cfg = preset_config(preset)

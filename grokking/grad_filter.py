@@ -79,9 +79,10 @@ class GradFilter:
     def load(self, tensors: dict[str, Tensor]) -> None:
         """Restore from a resume file's tensors (a run started before the filter state existed has none: a fresh start)."""
         self.seen = int(tensors[f"{PREFIX}seen"]) if f"{PREFIX}seen" in tensors else 0
-        self.slow, self.total = ({name: tensors[f"{prefix}{name}"].to(param.device).clone()
-                                  for name, param in self.params.items() if f"{prefix}{name}" in tensors}
-                                 for prefix in (PREFIX, f"{PREFIX}sum."))
+        self.slow, self.total = (
+            {name: tensors[f"{prefix}{name}"].to(param.device).clone() for name, param in self.params.items() if f"{prefix}{name}" in tensors}
+            for prefix in (PREFIX, f"{PREFIX}sum.")
+        )
 
     def load_seeds(self, per_seed: list[dict[str, Tensor]]) -> None:
         """Restore a batch's state from each seed's resume tensors (every seed at the same step)."""

@@ -58,9 +58,18 @@ PAPER_DEFAULT_SEED = 0  # `Config.seed` in the paper's transformers.py
 Checkpoints = list[tuple[int, dict[str, Tensor]]]
 
 
-def import_run(file: Path, fmt: str, out: Path, *, p: int | None = None, frac_train: float | None = None,
-               data_seed: int | None = None, operation: str = "add", n_outputs: int | None = None,
-               progress: bool = True) -> Path:
+def import_run(
+    file: Path,
+    fmt: str,
+    out: Path,
+    *,
+    p: int | None = None,
+    frac_train: float | None = None,
+    data_seed: int | None = None,
+    operation: str = "add",
+    n_outputs: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Convert every model in `file` into a new run directory `out`; returns `out`.
 
     p, frac_train and data_seed come from the file's saved config when it has one, else from the
@@ -104,8 +113,10 @@ def read_weights_file(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" in str(exc).lower():
-            raise UserError(f"{path} holds Python objects other than tensors and plain containers (e.g. a config "
-                            "class), which are not unpickled for safety; re-save it with state dicts and a dict config") from None
+            raise UserError(
+                f"{path} holds Python objects other than tensors and plain containers (e.g. a config "
+                "class), which are not unpickled for safety; re-save it with state dicts and a dict config"
+            ) from None
         raise UserError(f"{path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise UserError(f"{path} is corrupt or truncated ({_first_line(exc)})") from None
@@ -146,8 +157,10 @@ def _checkpoints(raw: Any, file: Path) -> tuple[Checkpoints, Mapping[str, Any]]:
     elif isinstance(raw, (list, tuple)) and raw and all(isinstance(x, (list, tuple)) and len(x) == 2 for x in raw):
         pairs = [tuple(x) for x in raw]
     else:
-        raise UserError(f"{file} holds no model: expected a state dict, a run dict with 'checkpoints' and "
-                        f"'checkpoint_epochs', a dict {{epoch: state_dict}} or a list of (epoch, state_dict)")
+        raise UserError(
+            f"{file} holds no model: expected a state dict, a run dict with 'checkpoints' and "
+            f"'checkpoint_epochs', a dict {{epoch: state_dict}} or a list of (epoch, state_dict)"
+        )
     return _validated(pairs, file), saved
 
 
@@ -235,8 +248,17 @@ def _required(tensors: Mapping[str, Tensor], key: str, file: Path, ndim: int | N
 # --- config -------------------------------------------------------------------------------------------
 
 
-def _run_config(checkpoints: Checkpoints, saved: Mapping[str, Any], fmt: str, p: int | None, frac_train: float | None,
-                data_seed: int | None, operation: str, n_outputs: int | None, file: Path) -> RunConfig:
+def _run_config(
+    checkpoints: Checkpoints,
+    saved: Mapping[str, Any],
+    fmt: str,
+    p: int | None,
+    frac_train: float | None,
+    data_seed: int | None,
+    operation: str,
+    n_outputs: int | None,
+    file: Path,
+) -> RunConfig:
     """The run's config: architecture inferred from the final weights, task and split from the file or arguments."""
     final = checkpoints[-1][1]
     task = _task_config(saved, fmt, p, frac_train, data_seed, operation)
@@ -256,8 +278,7 @@ def _run_config(checkpoints: Checkpoints, saved: Mapping[str, Any], fmt: str, p:
     return cfg
 
 
-def _task_config(saved: Mapping[str, Any], fmt: str, p: int | None, frac_train: float | None,
-                 data_seed: int | None, operation: str) -> TaskConfig:
+def _task_config(saved: Mapping[str, Any], fmt: str, p: int | None, frac_train: float | None, data_seed: int | None, operation: str) -> TaskConfig:
     if "fn_name" in saved and saved["fn_name"] not in PAPER_OPERATIONS:
         raise UserError(f"the run's operation '{saved['fn_name']}' cannot be rebuilt here (its table was not seeded)")
     nanda = fmt == "nanda"
@@ -285,9 +306,16 @@ def _model_config(tensors: Mapping[str, Tensor], file: Path) -> ModelConfig:
     d_mlp = _required(tensors, "blocks.0.mlp.W_in", file, ndim=2).shape[1]
     attn_bias = any(tensors[k].any() for k in tensors if re.search(r"\.attn\.b_[QKVO]$", k))
     return ModelConfig(
-        n_layers=len(_block_prefixes(tensors)), d_model=d_model, n_heads=heads, d_head=d_head,
-        d_mlp=d_mlp, act_fn="relu", normalization="none", positional="learned",
-        attn_bias=bool(attn_bias), unembed_bias=bool(tensors["unembed.b_U"].any()),
+        n_layers=len(_block_prefixes(tensors)),
+        d_model=d_model,
+        n_heads=heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        act_fn="relu",
+        normalization="none",
+        positional="learned",
+        attn_bias=bool(attn_bias),
+        unembed_bias=bool(tensors["unembed.b_U"].any()),
     )
 
 

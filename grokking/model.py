@@ -215,8 +215,7 @@ class Transformer(HookedRootModule):
             nn.init.normal_(self.unembed.W_U, std=1.0 / math.sqrt(self.cfg.d_vocab_out))
 
     def _init_like_torch(self) -> None:
-        fan_in = {"W_Q": "d_model", "W_K": "d_model", "W_V": "d_model", "W_in": "d_model", "W_U": "d_model",
-                  "W_out": "d_mlp"}
+        fan_in = {"W_Q": "d_model", "W_K": "d_model", "W_V": "d_model", "W_in": "d_model", "W_U": "d_model", "W_out": "d_mlp"}
         for name, param in self.named_parameters():
             leaf = name.split(".")[-1]
             if leaf in ("W_E", "W_pos"):

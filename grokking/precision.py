@@ -37,6 +37,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 def bf16_matmul_cost(n: int = 256, repeats: int = 3) -> float:
     """Time of an n x n bf16 matmul over an fp32 one on this CPU (best of `repeats` each)."""
+
     def best(dtype: torch.dtype) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b
@@ -46,14 +47,18 @@ def bf16_matmul_cost(n: int = 256, repeats: int = 3) -> float:
             a @ b
             times.append(time.perf_counter() - start)
         return min(times)
+
     return best(torch.bfloat16) / best(torch.float32)
 
 
 @cache
 def warn_emulated_bf16() -> None:
     """One line, once per process: an explicit bf16 on a CPU that emulates it (~30x slower on AVX2-only CPUs)."""
-    print(f"warning: precision=bf16 on a CPU without AMX or AVX-512 BF16: bf16 is emulated, a matmul measured "
-          f"{bf16_matmul_cost():.1f}x the time of fp32 here; precision=auto or fp32 trains in fp32", file=sys.stderr)
+    print(
+        f"warning: precision=bf16 on a CPU without AMX or AVX-512 BF16: bf16 is emulated, a matmul measured "
+        f"{bf16_matmul_cost():.1f}x the time of fp32 here; precision=auto or fp32 trains in fp32",
+        file=sys.stderr,
+    )
 
 
 def describe(dtype: torch.dtype | None) -> str:

@@ -89,8 +89,7 @@ def disk_full(path: Path) -> UserError:
         free = f"{shutil.disk_usage(mount).free / 2**20:.1f} MiB free"
     except OSError:
         free = "free space unknown"
-    return UserError(f"disk full while writing {path} (disk mounted at {mount}, {free}); "
-                     f"free some space there and re-run the same command to resume")
+    return UserError(f"disk full while writing {path} (disk mounted at {mount}, {free}); free some space there and re-run the same command to resume")
 
 
 def warn(message: str) -> None:
@@ -290,8 +289,10 @@ class RunDir:
         if torn_tail:
             bad.append(len(lines) + 1)
         if bad and not quiet:
-            warn(f"{self.metrics_path}: skipped {len(bad)} incomplete line(s) (line {', '.join(map(str, bad[:5]))}); "
-                 f"the other {len(good) - 1} rows load")
+            warn(
+                f"{self.metrics_path}: skipped {len(bad)} incomplete line(s) (line {', '.join(map(str, bad[:5]))}); "
+                f"the other {len(good) - 1} rows load"
+            )
         return good
 
     def truncate_metrics(self, before_step: int) -> None:
@@ -321,7 +322,7 @@ class RunDir:
         size = os.fstat(fd).st_size
         try:
             while data:
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
         except OSError as exc:
             if os.path.isfile(self.metrics_path):
                 os.ftruncate(fd, size)  # a failed append leaves no part of its line (truncating needs no space)
@@ -415,8 +416,7 @@ def _checked_config(data: Any, path: Path) -> dict[str, Any]:
                 try:
                     converted = _parse_value(key, raw, defaults[key])
                 except UserError:
-                    raise UserError(f"{group}.{key} should be {type(defaults[key]).__name__}, "
-                                    f"got {values[key]!r}; fix or delete that key") from None
+                    raise UserError(f"{group}.{key} should be {type(defaults[key]).__name__}, got {values[key]!r}; fix or delete that key") from None
                 warn(f"{path}: {group}.{key} is {values[key]!r} ({type(values[key]).__name__}), read as {converted!r}")
                 values[key] = list(converted) if isinstance(converted, tuple) else converted
         data[group] = values

@@ -130,8 +130,9 @@ def drive(loop: Loop, tr: TrainConfig, desc: str, where: Path | str, progress: b
             bar.update(1)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, tr: TrainConfig,
-                   clip: Callable[[], None], grad_filter: GradFilter | None = None) -> None:
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, tr: TrainConfig, clip: Callable[[], None], grad_filter: GradFilter | None = None
+) -> None:
     """Backward, the gradient filter (if any), gradient clipping (`clip`, called only when `grad_clip` is set)
     and one AdamW step at `step`'s lr. The filter comes before clipping, so `grad_clip` bounds the step taken."""
     for group in optimizer.param_groups:
@@ -246,8 +247,9 @@ class Trainer:
     def update(self, loss: torch.Tensor) -> None:
         """One optimiser step from `loss` at the current step's learning rate, then advance the step."""
         tr = self.cfg.train
-        optimizer_step(self.optimizer, loss, self.step, tr, lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip),
-                       self.grad_filter)
+        optimizer_step(
+            self.optimizer, loss, self.step, tr, lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip), self.grad_filter
+        )
         self.step += 1
 
     def prepare_fit(self) -> None:

@@ -25,8 +25,17 @@ from grokking.store import RunDir
 CLI = [sys.executable, "-m", "grokking.cli"]
 
 # `quick` made tiny: modular addition with p=23 and one layer of width 32 (`steps` aside, which callers choose).
-TINY_SETS = {"p": "23", "d_model": "32", "n_heads": "2", "d_head": "16", "d_mlp": "64", "frac_train": "0.5",
-             "lr": "3e-3", "eval_every": "10", "checkpoint_every": "20"}
+TINY_SETS = {
+    "p": "23",
+    "d_model": "32",
+    "n_heads": "2",
+    "d_head": "16",
+    "d_mlp": "64",
+    "frac_train": "0.5",
+    "lr": "3e-3",
+    "eval_every": "10",
+    "checkpoint_every": "20",
+}
 
 
 def tiny_config(**overrides: str) -> RunConfig:
@@ -40,9 +49,22 @@ def tiny_config(**overrides: str) -> RunConfig:
 def tiny_lm(task_preset: str = "qf-cpu", **overrides: str) -> RunConfig:
     """A 2-layer width-64 language model on `task_preset`'s task, in fp32; 600 steps learn QF's in-distribution rule."""
     cfg = preset_config(task_preset)
-    for key, value in {"n_layers": "2", "d_model": "64", "n_heads": "2", "d_head": "32", "d_mlp": "128",
-                       "batch_size": "32", "warmup_steps": "50", "steps": "600", "eval_every": "150",
-                       "checkpoint_every": "150", "eval_examples": "200", "lr": "3e-3", "precision": "fp32", **overrides}.items():
+    for key, value in {
+        "n_layers": "2",
+        "d_model": "64",
+        "n_heads": "2",
+        "d_head": "32",
+        "d_mlp": "128",
+        "batch_size": "32",
+        "warmup_steps": "50",
+        "steps": "600",
+        "eval_every": "150",
+        "checkpoint_every": "150",
+        "eval_examples": "200",
+        "lr": "3e-3",
+        "precision": "fp32",
+        **overrides,
+    }.items():
         cfg.set(key, value)
     return cfg
 
@@ -83,8 +105,7 @@ def assert_bit_identical(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(load_run(a).metrics, load_run(b).metrics)
 
 
-def assert_crash_then_resume_is_bit_identical(make_config: Callable[[], RunConfig], root: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def assert_crash_then_resume_is_bit_identical(make_config: Callable[[], RunConfig], root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash at step 45 (checkpoints every 20), resume from step 40: the run ends equal to an uninterrupted one."""
     from grokking.train import Trainer, train
 
@@ -124,8 +145,7 @@ def train_both(cfg: RunConfig, seeds: list[int], root: Path) -> None:
         train(seed_config(cfg, s), root / "solo" / f"seed{s}", progress=False)
 
 
-def assert_matches_solo(root: Path, seed: int, loss_rtol: float, weight_atol: float, acc_atol: float = 0.0,
-                        loose: tuple[str, ...] = ()) -> None:
+def assert_matches_solo(root: Path, seed: int, loss_rtol: float, weight_atol: float, acc_atol: float = 0.0, loose: tuple[str, ...] = ()) -> None:
     """The same config and checkpoint steps as the solo run; losses, accuracies and weights within the given bounds.
 
     Callers pass bounds measured by `benchmarks/tolerance_bounds.py` under every kernel set this lab's CPUs run

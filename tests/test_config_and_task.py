@@ -12,9 +12,29 @@ from grokking.tasks.registry import build_task
 
 
 def test_issue_keys_are_all_settable() -> None:
-    for key in ["p", "operation", "frac_train", "data_seed", "seed", "n_layers", "d_model", "n_heads", "d_head", "d_mlp",
-                "act_fn", "normalization", "lr", "weight_decay", "betas", "warmup_steps", "batch_size", "steps",
-                "eval_every", "checkpoint_every", "device"]:
+    for key in [
+        "p",
+        "operation",
+        "frac_train",
+        "data_seed",
+        "seed",
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "d_head",
+        "d_mlp",
+        "act_fn",
+        "normalization",
+        "lr",
+        "weight_decay",
+        "betas",
+        "warmup_steps",
+        "batch_size",
+        "steps",
+        "eval_every",
+        "checkpoint_every",
+        "device",
+    ]:
         assert key in flat_keys()
 
 
@@ -42,8 +62,7 @@ def test_unknown_preset_suggests_nearest() -> None:
         preset_config("quik")
 
 
-@pytest.mark.parametrize("op, fn", [("add", lambda a, b: a + b), ("subtract", lambda a, b: a - b),
-                                    ("x2xyy2", lambda a, b: a * a + a * b + b * b)])
+@pytest.mark.parametrize("op, fn", [("add", lambda a, b: a + b), ("subtract", lambda a, b: a - b), ("x2xyy2", lambda a, b: a * a + a * b + b * b)])
 def test_operations(op: str, fn) -> None:
     cfg = preset_config("quick").task
     cfg.p, cfg.operation = 23, op

@@ -38,8 +38,10 @@ from conftest import (
 )
 
 CUDA = torch.device("cuda")
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (benchmarks/gpu_check.sh runs these on a lent one)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (benchmarks/gpu_check.sh runs these on a lent one)"),
+]
 
 # CPU and GPU logits of the same fp32 weights differ only by summation order. Measured on the CPU for these
 # tiny models (trained 60/30 steps): fp32 logits are within 2.0e-7 (norm-relative) of float64 ones, so two
@@ -55,8 +57,17 @@ def _on_gpu(cfg: RunConfig) -> RunConfig:
 
 def _lm(**overrides: str) -> RunConfig:
     """A tiny pre-LN digit-addition LM with gradient clipping and linear decay; its data is made in memory."""
-    sets = {"n_digits": "2", "n_train": "300", "eval_examples": "40", "batch_size": "16", "steps": "30", "warmup_steps": "5",
-            "eval_every": "10", "checkpoint_every": "10", **overrides}
+    sets = {
+        "n_digits": "2",
+        "n_train": "300",
+        "eval_examples": "40",
+        "batch_size": "16",
+        "steps": "30",
+        "warmup_steps": "5",
+        "eval_every": "10",
+        "checkpoint_every": "10",
+        **overrides,
+    }
     return _on_gpu(tiny_lm("addition-cpu", **sets))
 
 
@@ -218,8 +229,7 @@ def test_a_gpu_run_stopped_by_ctrl_c_resumes_bit_identically(name: str, tmp_path
 
 
 @pytest.mark.parametrize("name", ["modular-full-batch", "modular-minibatch"])
-def test_a_gpu_run_that_crashes_between_checkpoints_resumes_bit_identically(name: str, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gpu_run_that_crashes_between_checkpoints_resumes_bit_identically(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_crash_then_resume_is_bit_identical(CONFIGS[name], tmp_path, monkeypatch)
 
 

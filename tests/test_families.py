@@ -22,8 +22,18 @@ from grokking.tasks.data_command import DataRequest
 from grokking.tasks.registry import build_task, languages, sized
 from grokking.train import build_model, train
 
-TINY = {"n_layers": "1", "d_model": "16", "n_heads": "2", "d_head": "8", "d_mlp": "32", "batch_size": "4",
-        "eval_examples": "8", "p": "23", "n_train": "50", "n_points": "4"}
+TINY = {
+    "n_layers": "1",
+    "d_model": "16",
+    "n_heads": "2",
+    "d_head": "8",
+    "d_mlp": "32",
+    "batch_size": "4",
+    "eval_examples": "8",
+    "p": "23",
+    "n_train": "50",
+    "n_points": "4",
+}
 
 
 def preset_of(task: str) -> str:
@@ -69,8 +79,10 @@ def test_every_task_builds_trains_one_step_and_names_hooks_that_resolve(task: st
 
 def test_the_registry_imports_no_torch() -> None:
     """`grokking presets`, `grokking data`'s parsing and config validation stay fast."""
-    code = ("import sys; from grokking.config import assemble_config; assemble_config('quick'); "
-            "import grokking.families, grokking.cli; print('torch' in sys.modules)")
+    code = (
+        "import sys; from grokking.config import assemble_config; assemble_config('quick'); "
+        "import grokking.families, grokking.cli; print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -90,7 +102,8 @@ def test_an_unknown_task_is_one_line_with_the_nearest_name(monkeypatch: pytest.M
 
 
 def test_grokking_data_prints_digit_addition_and_says_why_modular_has_none(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     monkeypatch.setattr(sys, "argv", ["grokking", "data", "digit-addition", "--split", "test", "-n", "3"])
     with pytest.raises(SystemExit) as exit_:
         main()

@@ -47,8 +47,7 @@ def batch(preset: str, padded: bool, n: int = 24, seed: int = 0) -> tuple[torch.
     return tokens, loss_mask
 
 
-def loss_and_grads(model: Transformer, fn, tokens: torch.Tensor, mask: torch.Tensor,
-                   dtype: torch.dtype | None = None) -> tuple[float, torch.Tensor]:
+def loss_and_grads(model: Transformer, fn, tokens: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[float, torch.Tensor]:
     model.zero_grad()
     with autocast(dtype, CPU):
         loss, _ = fn(model, tokens, mask)
@@ -142,8 +141,7 @@ def test_lm_run_through_the_fast_step_resumes_bit_identically(tmp_path: Path) ->
     assert_bit_identical(tmp_path / "a", tmp_path / "b")
 
 
-def test_explicit_bf16_without_fast_bf16_warns_once_with_the_measured_cost(monkeypatch: pytest.MonkeyPatch,
-                                                                           capsys: pytest.CaptureFixture) -> None:
+def test_explicit_bf16_without_fast_bf16_warns_once_with_the_measured_cost(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr("grokking.precision.has_fast_bf16", lambda device: False)
     warn_emulated_bf16.cache_clear()
     assert resolve_precision("auto", CPU) is None

@@ -80,12 +80,15 @@ def test_neuron_fractions_and_clusters_on_hand_made_neurons() -> None:
     p, w, u = 31, 4, 11
     a, b, _ = grid_coords(p)
     a, b = a[..., 0], b[..., 0]
-    neurons = torch.stack([
-        wave(p, w, a) * wave(p, w, b) + 5.0,  # a product: all variance in w's block
-        wave(p, w, a + 0.3) + wave(p, w, b, torch.sin),  # 1-D terms sit in the block's const rows/columns
-        torch.zeros(p, p, dtype=torch.float64),  # dead
-        wave(p, w, a) * wave(p, w, b) + wave(p, u, a) * wave(p, u, b),  # split evenly over two frequencies
-    ], dim=-1)
+    neurons = torch.stack(
+        [
+            wave(p, w, a) * wave(p, w, b) + 5.0,  # a product: all variance in w's block
+            wave(p, w, a + 0.3) + wave(p, w, b, torch.sin),  # 1-D terms sit in the block's const rows/columns
+            torch.zeros(p, p, dtype=torch.float64),  # dead
+            wave(p, w, a) * wave(p, w, b) + wave(p, u, a) * wave(p, u, b),  # split evenly over two frequencies
+        ],
+        dim=-1,
+    )
     fractions = fourier.neuron_frequency_fractions(neurons)
     expected = torch.zeros(4, (p - 1) // 2, dtype=torch.float64)
     expected[0, w - 1] = expected[1, w - 1] = 1.0
@@ -131,9 +134,11 @@ def test_losses_match_cross_entropy_of_the_logit_grids() -> None:
     assert fourier.restricted_loss(logits, labels, freqs) == pytest.approx(ce(fourier.restricted_logits(logits, freqs), everything))
     assert fourier.excluded_loss(logits, labels, mask, freqs) == pytest.approx(ce(fourier.excluded_logits(logits, freqs), mask))
     assert fourier.restricted_loss_per_freq(logits, labels, freqs).tolist() == pytest.approx(
-        [fourier.restricted_loss(logits, labels, [w]) for w in freqs])
+        [fourier.restricted_loss(logits, labels, [w]) for w in freqs]
+    )
     assert fourier.excluded_loss_per_freq(logits, labels, mask, freqs).tolist() == pytest.approx(
-        [fourier.excluded_loss(logits, labels, mask, [w]) for w in freqs])
+        [fourier.excluded_loss(logits, labels, mask, [w]) for w in freqs]
+    )
 
 
 def test_cos_coefficients_known_answer_and_brute_force() -> None:

@@ -22,15 +22,18 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_dry_run_runs_every_step_and_writes_what_a_device_call_brings_back(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "GROKKING_DATA_CACHE": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((out / "gpu_check.json").read_text())
     steps = results["steps"]
     assert results["mode"].startswith("dry-run")
     assert list(steps) == ["environment", "cuda_tests", "lm_speed", "batched", "profile", "nanda_p113", "nanda_p113_analyze", "icl_speed"]
     assert {name: e["status"] for name, e in steps.items()} == {
-        **{name: "ok" for name in steps}, "icl_speed": "ok" if "icl-paper" in PRESETS else "skipped"}
+        **{name: "ok" for name in steps},
+        "icl_speed": "ok" if "icl-paper" in PRESETS else "skipped",
+    }
     if not torch.cuda.is_available():
         assert set(steps["cuda_tests"]["counts"]) == {"skipped"} and steps["cuda_tests"]["counts"]["skipped"] > 0
     speed = steps["lm_speed"]["rows"]
@@ -47,8 +50,7 @@ def test_the_dry_run_runs_every_step_and_writes_what_a_device_call_brings_back(t
     assert isinstance(steps["nanda_p113_analyze"]["key_frequencies"], list)
     # What the device call brings back: at most 8 files, named in letters, digits, '.', '_' and '-'.
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["gpu_check.json", "gpu_check.md", "gpu_check.log", "profile.txt", "nanda-p113-metrics.csv",
-                            "nanda-p113-analysis.json"])
+    assert files == sorted(["gpu_check.json", "gpu_check.md", "gpu_check.log", "profile.txt", "nanda-p113-metrics.csv", "nanda-p113-analysis.json"])
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in files)
     table = (out / "gpu_check.md").read_text()
     assert all(f"| {name} | " in table for name in steps)

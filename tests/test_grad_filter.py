@@ -40,13 +40,16 @@ def test_ema_gives_the_known_values() -> None:
     # mu_1 = g_1 (the paper starts mu at the first gradient); mu_t = 0.5 mu_{t-1} + 0.5 g_t; out = g_t + 2 mu_t
     # mu: [1,2], [2,0], [3.5,0], [2.25,0.5]
     assert filtered({"grad_filter": "ema", "grad_filter_alpha": "0.5", "grad_filter_lambda": "2"}) == [
-        [3.0, 6.0], [7.0, -2.0], [12.0, 0.0], [5.5, 2.0]]
+        [3.0, 6.0],
+        [7.0, -2.0],
+        [12.0, 0.0],
+        [5.5, 2.0],
+    ]
 
 
 def test_ma_gives_the_known_values_once_the_window_is_full() -> None:
     # window 2, lambda 1: step 1 passes through (window not full), then out = g_t + mean(g_{t-1}, g_t)
-    assert filtered({"grad_filter": "ma", "grad_filter_window": "2", "grad_filter_lambda": "1"}) == [
-        [1.0, 2.0], [5.0, -2.0], [9.0, -1.0], [4.0, 1.5]]
+    assert filtered({"grad_filter": "ma", "grad_filter_window": "2", "grad_filter_lambda": "1"}) == [[1.0, 2.0], [5.0, -2.0], [9.0, -1.0], [4.0, 1.5]]
 
 
 def test_bad_filter_settings_are_one_line_errors() -> None:
@@ -82,8 +85,10 @@ def test_none_is_bit_identical_to_training_without_the_filter(tmp_path: Path) ->
     assert not torch.equal(final_weights(tmp_path / "ema")["embed.W_E"], weights["embed.W_E"])
 
 
-@pytest.mark.parametrize("sets", [{"grad_filter": "ema"}, {"grad_filter": "ma", "grad_filter_window": "7"},
-                                  {"grad_filter": "ema", "batch_size": "16", "grad_clip": "0.05"}])
+@pytest.mark.parametrize(
+    "sets",
+    [{"grad_filter": "ema"}, {"grad_filter": "ma", "grad_filter_window": "7"}, {"grad_filter": "ema", "batch_size": "16", "grad_clip": "0.05"}],
+)
 def test_resume_with_a_filter_is_bit_identical(tmp_path: Path, sets: dict[str, str]) -> None:
     train(tiny_config(steps="20", checkpoint_every="10", **sets), tmp_path / "a", progress=False)  # stops at 20 (a checkpoint)
     assert any(k.startswith("filter.") for k in RunDir(tmp_path / "a").read_resume()[0])
@@ -92,8 +97,7 @@ def test_resume_with_a_filter_is_bit_identical(tmp_path: Path, sets: dict[str, s
     assert_bit_identical(tmp_path / "a", tmp_path / "b")
 
 
-@pytest.mark.parametrize("sets", [{"grad_filter": "ema", "batch_size": "16", "grad_clip": "0.05"},
-                                  {"grad_filter": "ma", "grad_filter_window": "5"}])
+@pytest.mark.parametrize("sets", [{"grad_filter": "ema", "batch_size": "16", "grad_clip": "0.05"}, {"grad_filter": "ma", "grad_filter_window": "5"}])
 def test_batched_seeds_with_a_filter_match_their_solo_runs_and_resume(tmp_path: Path, sets: dict[str, str]) -> None:
     seeds = [0, 1]
     half, full = tiny_config(steps="20", checkpoint_every="10", **sets), tiny_config(steps="40", checkpoint_every="10", **sets)

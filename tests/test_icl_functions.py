@@ -31,10 +31,25 @@ from grokking.tasks.registry import build_task, sized
 def tiny_icl(**overrides: str):
     """A 2-layer width-32 read-in model on 1-D linear functions with 8 points: trains in seconds."""
     cfg = preset_config("icl-cpu")
-    for key, value in {"families": "linear", "n_points": "8", "points_start": "0", "n_layers": "2", "d_model": "32",
-                       "n_heads": "2", "d_head": "16", "d_mlp": "64", "steps": "150", "warmup_steps": "20", "batch_size": "64",
-                       "lr": "3e-3", "eval_every": "50", "checkpoint_every": "150", "eval_examples": "500",
-                       "precision": "fp32", **overrides}.items():
+    for key, value in {
+        "families": "linear",
+        "n_points": "8",
+        "points_start": "0",
+        "n_layers": "2",
+        "d_model": "32",
+        "n_heads": "2",
+        "d_head": "16",
+        "d_mlp": "64",
+        "steps": "150",
+        "warmup_steps": "20",
+        "batch_size": "64",
+        "lr": "3e-3",
+        "eval_every": "50",
+        "checkpoint_every": "150",
+        "eval_examples": "500",
+        "precision": "fp32",
+        **overrides,
+    }.items():
         cfg.set(key, value)
     return cfg
 
@@ -111,9 +126,11 @@ def test_read_in_respects_the_interleaving() -> None:
 
 
 def test_bad_icl_input_is_one_line() -> None:
-    for key, value, message in (("families", "linear,cubic", "unknown function family 'cubic'"),
-                                ("family_weights", "0,0", "sum to a positive number"),
-                                ("n_dims", "0", "n_dims")):
+    for key, value, message in (
+        ("families", "linear,cubic", "unknown function family 'cubic'"),
+        ("family_weights", "0,0", "sum to a positive number"),
+        ("n_dims", "0", "n_dims"),
+    ):
         cfg = tiny_icl(families="linear,sinusoid")
         cfg.set(key, value)
         with pytest.raises(UserError, match=message) as info:

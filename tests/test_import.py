@@ -74,8 +74,14 @@ def paper_run() -> tuple[list[Transformer], list[dict[str, torch.Tensor]]]:
 def run_file(layout: str, states: list[dict[str, torch.Tensor]]) -> object:
     """The same run in each container layout the importer accepts."""
     if layout == "checkpoints":
-        return {"model": states[-1], "checkpoints": states, "checkpoint_epochs": EPOCHS, "config": PAPER_CONFIG,
-                "train_losses": [1.0] * 301, "test_losses": [2.0] * 301}
+        return {
+            "model": states[-1],
+            "checkpoints": states,
+            "checkpoint_epochs": EPOCHS,
+            "config": PAPER_CONFIG,
+            "train_losses": [1.0] * 301,
+            "test_losses": [2.0] * 301,
+        }
     if layout == "state_dicts":
         return {"model": states[-1], "state_dicts": states, "config": PAPER_CONFIG}
     if layout == "pairs":

@@ -16,8 +16,7 @@ from grokking.analysis import llc as llc_mod
 from grokking.analysis.llc import LLCRequest, SGLDSettings, estimate_llc, select_steps
 from grokking.errors import UserError
 
-needs_devinterp = pytest.mark.skipif(importlib.util.find_spec("devinterp") is None,
-                                     reason="needs the optional extra: pip install 'grokking[llc]'")
+needs_devinterp = pytest.mark.skipif(importlib.util.find_spec("devinterp") is None, reason="needs the optional extra: pip install 'grokking[llc]'")
 
 # nbeta = n / ln n for the toy's 1024 examples (Lau et al.), so the loss, not the localization, confines the
 # chains; with this step the mean loss traces level off within ~10 of the 100 draws (measured).
@@ -164,8 +163,7 @@ def test_calibration_writes_one_row_per_setting_and_every_trace(tmp_path: Path) 
 
     train(tiny_config(steps="20"), tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
-    table, estimates = llc_mod.calibrate(run, 20, [1e-5], [1000.0, 10000.0], SGLDSettings(chains=2, draws=8, batch_size=16),
-                                         progress=False)
+    table, estimates = llc_mod.calibrate(run, 20, [1e-5], [1000.0, 10000.0], SGLDSettings(chains=2, draws=8, batch_size=16), progress=False)
     traces = llc_mod.calibration_tables(estimates)
     assert table[["lr", "localization"]].values.tolist() == [[1e-5, 1000.0], [1e-5, 10000.0]]
     assert len(traces) == 2 * 2 * 8 and set(traces.chain) == {0, 1}
@@ -174,8 +172,7 @@ def test_calibration_writes_one_row_per_setting_and_every_trace(tmp_path: Path) 
     assert "loss trace per chain" in write_calibration_page(run.path, 20).read_text().lower()
 
 
-def test_cli_without_devinterp_prints_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_without_devinterp_prints_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from grokking.cli import main
 
     monkeypatch.setitem(sys.modules, "devinterp.slt.llc", None)

@@ -27,8 +27,17 @@ def test_a_tiny_lm_learns_question_formation_in_distribution(tmp_path: Path) -> 
     assert first.val_acc < 0.6
     # The structural analysis and report run on it, with the columns.
     table = analyze(tmp_path / "qf", sample=100, progress=False)
-    for column in ("weight_norm", "weight_norm_per_layer", "attn_entropy", "attn_sparsity", "tscore", "tparseval",
-                   "attn_entropy_l1h1", "val_acc", "gen_acc"):
+    for column in (
+        "weight_norm",
+        "weight_norm_per_layer",
+        "attn_entropy",
+        "attn_sparsity",
+        "tscore",
+        "tparseval",
+        "attn_entropy_l1h1",
+        "val_acc",
+        "gen_acc",
+    ):
         assert column in table, column
     assert table.attn_sparsity.equals(-table.attn_entropy)
     assert 0 <= table.tparseval.min() and table.tparseval.max() <= 1

@@ -24,8 +24,20 @@ from grokking.train import train
 from conftest import tiny_config
 
 # Two-digit addition on a small model: a few seconds of training.
-TINY_ADDITION = {"n_digits": "2", "n_train": "500", "eval_examples": "40", "n_layers": "1", "d_model": "16", "n_heads": "2",
-                 "d_head": "8", "d_mlp": "32", "steps": "40", "eval_every": "20", "checkpoint_every": "20", "warmup_steps": "5"}
+TINY_ADDITION = {
+    "n_digits": "2",
+    "n_train": "500",
+    "eval_examples": "40",
+    "n_layers": "1",
+    "d_model": "16",
+    "n_heads": "2",
+    "d_head": "8",
+    "d_mlp": "32",
+    "steps": "40",
+    "eval_every": "20",
+    "checkpoint_every": "20",
+    "warmup_steps": "5",
+}
 
 
 def tiny_addition(**overrides: str) -> RunConfig:
@@ -42,8 +54,15 @@ def fake_sweep(root: Path, per_token: dict[int, float], length: int = 5) -> Path
     runs = []
     for scale, p in per_token.items():
         name = f"d_model={scale}_seed=0"
-        row = {"step": 100, "test_loss": 1.0 - p, "test_exact_match": p**length, "test_per_token_acc": p,
-               "test_edit_distance": length * (1 - p), "test_log_likelihood": math.log(p), "test_brier": 1 - p}
+        row = {
+            "step": 100,
+            "test_loss": 1.0 - p,
+            "test_exact_match": p**length,
+            "test_per_token_acc": p,
+            "test_edit_distance": length * (1 - p),
+            "test_log_likelihood": math.log(p),
+            "test_brier": 1 - p,
+        }
         row |= {f"test_exact_match_L{n}": p**n for n in range(1, length + 1)}
         row |= {f"test_edit_distance_L{n}": n * (1 - p) for n in range(1, length + 1)}
         (root / "runs" / name).mkdir(parents=True)
@@ -87,8 +106,9 @@ def test_scale_lens_on_a_trained_digit_addition_sweep(tmp_path: Path) -> None:
     from grokking.experiments import SweepSpec, run_sweep
 
     sweep = tmp_path / "sweep"
-    run_sweep(SweepSpec("addition-cpu", {"d_model": [8, 16]}, [0, 1], {k: v for k, v in TINY_ADDITION.items() if k != "d_model"}),
-              sweep, progress=False)
+    run_sweep(
+        SweepSpec("addition-cpu", {"d_model": [8, 16]}, [0, 1], {k: v for k, v in TINY_ADDITION.items() if k != "d_model"}), sweep, progress=False
+    )
     result = CliRunner().invoke(app, ["metric-lens", str(sweep)])
     assert result.exit_code == 0, result.output
     assert "test_exact_match" in result.output and "metric_lens.html" in result.output
@@ -104,13 +124,34 @@ def test_scale_lens_on_a_trained_digit_addition_sweep(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_digit_addition_trains_and_the_lens_reads_its_metrics(tmp_path: Path) -> None:
     """A 2-layer model learns 2-digit addition in a few hundred steps; every evaluation row carries the lens."""
-    cfg = tiny_addition(n_train="3000", eval_examples="200", n_layers="2", d_model="48", n_heads="4", d_head="12",
-                        d_mlp="192", steps="700", eval_every="100", checkpoint_every="100", warmup_steps="50", lr="3e-3")
+    cfg = tiny_addition(
+        n_train="3000",
+        eval_examples="200",
+        n_layers="2",
+        d_model="48",
+        n_heads="4",
+        d_head="12",
+        d_mlp="192",
+        steps="700",
+        eval_every="100",
+        checkpoint_every="100",
+        warmup_steps="50",
+        lr="3e-3",
+    )
     train(cfg, tmp_path / "add", progress=False)
     metrics = pd.read_csv(tmp_path / "add" / "metrics.csv")
     for split in ("train", "test"):
-        for column in ("acc", "exact_match", "per_token_acc", "edit_distance", "log_likelihood", "brier", "subset_acc_k5",
-                       "exact_match_L1", "edit_distance_L3"):
+        for column in (
+            "acc",
+            "exact_match",
+            "per_token_acc",
+            "edit_distance",
+            "log_likelihood",
+            "brier",
+            "subset_acc_k5",
+            "exact_match_L1",
+            "edit_distance_L3",
+        ):
             assert f"{split}_{column}" in metrics, f"{split}_{column}"
     first, last = metrics.iloc[0], metrics.iloc[-1]
     assert (metrics.test_acc == metrics.test_exact_match).all()
@@ -147,8 +188,16 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         write_metric_lens(two_keys)
     nothing_done = tmp_path / "pending"
     nothing_done.mkdir()
-    (nothing_done / "sweep.json").write_text(json.dumps({"preset": "addition-cpu", "seeds": [0], "grid": {"d_model": [8]}, "runs": [
-        {"name": "a", "params": {"d_model": 8, "seed": 0}, "dir": "runs/a", "status": "running"}]}))
+    (nothing_done / "sweep.json").write_text(
+        json.dumps(
+            {
+                "preset": "addition-cpu",
+                "seeds": [0],
+                "grid": {"d_model": [8]},
+                "runs": [{"name": "a", "params": {"d_model": 8, "seed": 0}, "dir": "runs/a", "status": "running"}],
+            }
+        )
+    )
     with pytest.raises(UserError, match="no finished run"):
         write_metric_lens(nothing_done)
     result = CliRunner().invoke(app, ["metric-lens", str(tmp_path / "missing")])

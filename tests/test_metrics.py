@@ -234,16 +234,14 @@ def test_prefix_metrics_vary_target_length() -> None:
 
 
 def test_metric_direction_and_oriented_emergence_score() -> None:
-    higher = ["test_exact_match", "per_token_acc", "test_log_likelihood", "test_acc", "subset_acc_k3", "excluded_loss",
-              "test_exact_match_L2"]
+    higher = ["test_exact_match", "per_token_acc", "test_log_likelihood", "test_acc", "subset_acc_k3", "excluded_loss", "test_exact_match_L2"]
     lower = ["test_edit_distance", "brier", "test_loss", "train_loss", "restricted_loss", "restricted_loss_k9", "test_edit_distance_L3"]
     assert [m.metric_direction(n) for n in higher] == [1] * len(higher)
     assert [m.metric_direction(n) for n in lower] == [-1] * len(lower)
     scales = [1, 2, 3, 4]
     falling_edit = [3.0, 2.9, 2.7, 0.0]  # improves sharply at the largest scale
     assert m.oriented_emergence_score(scales, falling_edit, "test_edit_distance") > 0
-    assert m.oriented_emergence_score(scales, falling_edit, "test_edit_distance") == pytest.approx(
-        -m.emergence_score(scales, falling_edit))
+    assert m.oriented_emergence_score(scales, falling_edit, "test_edit_distance") == pytest.approx(-m.emergence_score(scales, falling_edit))
 
 
 def test_digit_addition_evaluation_row() -> None:
@@ -273,8 +271,11 @@ def test_digit_addition_config() -> None:
     assert len(data.train_examples) == cfg.task.n_train and len(data.eval_sets["test"]) == cfg.task.eval_examples
     assert not {ex.input for ex in data.train_examples} & {ex.input for ex in data.eval_sets["test"]}
     assert data.n_ctx == 2 * 3 + 2 + 4 + 2  # <sos> a + b = answer(n + 1) <eos>
-    for key, value, message in [("n_digits", "0", "n_digits must be in 1..9"), ("n_train", "0", "n_train must be >= 1"),
-                                ("n_train", "9900", "exceeds the 10000 distinct 2-digit pairs")]:
+    for key, value, message in [
+        ("n_digits", "0", "n_digits must be in 1..9"),
+        ("n_train", "0", "n_train must be >= 1"),
+        ("n_train", "9900", "exceeds the 10000 distinct 2-digit pairs"),
+    ]:
         bad = preset_config("addition-cpu")
         bad.set("n_digits", "2")
         bad.set(key, value)

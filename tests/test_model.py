@@ -39,9 +39,18 @@ def test_run_with_cache_exposes_the_usual_hooks() -> None:
     tokens = torch.tensor([[1, 2, 23], [4, 5, 23]])
     logits, cache = model.run_with_cache(tokens)
     model.reset_hooks()
-    for name in ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid",
-                 "blocks.0.hook_resid_post", "blocks.0.attn.hook_q", "blocks.0.attn.hook_z",
-                 "blocks.0.attn.hook_attn_scores", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"]:
+    for name in [
+        "hook_embed",
+        "hook_pos_embed",
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.0.attn.hook_q",
+        "blocks.0.attn.hook_z",
+        "blocks.0.attn.hook_attn_scores",
+        "blocks.0.mlp.hook_pre",
+        "blocks.0.mlp.hook_post",
+    ]:
         assert name in cache, name
     pattern = cache["blocks.0.attn.hook_pattern"]
     assert pattern.shape == (2, 2, 3, 3)
@@ -67,11 +76,19 @@ def test_run_with_hooks_can_ablate() -> None:
     torch.testing.assert_close(model(tokens), clean)  # hooks were removed afterwards
 
 
-@pytest.mark.parametrize("kw", [
-    {"normalization": "none"}, {"normalization": "pre"}, {"normalization": "post"}, {"act_fn": "gelu"},
-    {"positional": "sinusoidal"}, {"attn_bias": True, "unembed_bias": True}, {"tied_embeddings": True},
-    {"n_layers": 3, "normalization": "post", "dropout": 0.1},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"normalization": "none"},
+        {"normalization": "pre"},
+        {"normalization": "post"},
+        {"act_fn": "gelu"},
+        {"positional": "sinusoidal"},
+        {"attn_bias": True, "unembed_bias": True},
+        {"tied_embeddings": True},
+        {"n_layers": 3, "normalization": "post", "dropout": 0.1},
+    ],
+)
 def test_every_variant_is_causal(kw: dict) -> None:
     model = make(**kw).eval()
     a = torch.tensor([[1, 2, 3]])
@@ -81,8 +98,9 @@ def test_every_variant_is_causal(kw: dict) -> None:
     assert not torch.allclose(la[:, 2], lb[:, 2])
 
 
-@pytest.mark.parametrize("kw", [{}, {"attn_bias": True, "unembed_bias": True}, {"positional": "sinusoidal"},
-                                {"act_fn": "gelu"}, {"tied_embeddings": True}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"attn_bias": True, "unembed_bias": True}, {"positional": "sinusoidal"}, {"act_fn": "gelu"}, {"tied_embeddings": True}]
+)
 def test_table_fast_path_equals_the_hooked_forward(kw: dict) -> None:
     model = make(**kw)
     for p in model.parameters():  # trained weights are larger than init; test at a realistic scale

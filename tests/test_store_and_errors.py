@@ -16,17 +16,20 @@ from grokking.train import train
 from conftest import CLI, tiny_config
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "nanda-p11"], "unknown preset 'nanda-p11' (did you mean 'nanda-p113'?)"),
-    (["train", "quick", "--set", "learning_rate=1"], "unknown config key 'learning_rate'"),
-    (["train", "quick", "--set", "p=100"], "p must be a prime"),
-    (["train", "quick", "--set", "p=3"], "p must be a prime >= 5"),
-    (["train", "quick", "--set", "frac_train=1.0"], "frac_train must be in (0, 1)"),
-    (["train", "quick", "--set", "frac_train=0"], "frac_train must be in (0, 1)"),
-    (["train", "quick", "--steps", "-5"], "steps must be >= 0"),
-    (["train", "quick", "--set", "lr"], "--set expects key=value"),
-    (["train", "quick", "--set", "d_model=abc"], "cannot read 'abc'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nanda-p11"], "unknown preset 'nanda-p11' (did you mean 'nanda-p113'?)"),
+        (["train", "quick", "--set", "learning_rate=1"], "unknown config key 'learning_rate'"),
+        (["train", "quick", "--set", "p=100"], "p must be a prime"),
+        (["train", "quick", "--set", "p=3"], "p must be a prime >= 5"),
+        (["train", "quick", "--set", "frac_train=1.0"], "frac_train must be in (0, 1)"),
+        (["train", "quick", "--set", "frac_train=0"], "frac_train must be in (0, 1)"),
+        (["train", "quick", "--steps", "-5"], "steps must be >= 0"),
+        (["train", "quick", "--set", "lr"], "--set expects key=value"),
+        (["train", "quick", "--set", "d_model=abc"], "cannot read 'abc'"),
+    ],
+)
 def test_user_mistakes_get_one_line_and_no_run_directory(tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(CLI + args + ["--out", str(out)], capture_output=True, text=True)

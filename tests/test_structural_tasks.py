@@ -155,10 +155,7 @@ def test_vocab_covers_generated_data(qf_data, ti_data, dyck_data):
 
 def test_gold_parse_matches_published_bracketing():
     tree = qf.gold_parse("your xylophones who the vulture doesn't high_five don't remember her yaks near her peacocks")
-    assert tree.brackets == (
-        "(((your xylophones) (who ((the vulture) (doesn't high_five)))) "
-        "(don't (remember ((her yaks) (near (her peacocks))))))"
-    )
+    assert tree.brackets == ("(((your xylophones) (who ((the vulture) (doesn't high_five)))) (don't (remember ((her yaks) (near (her peacocks))))))")
     assert qf.gold_parse(Example("the walrus does giggle . quest", "does the walrus giggle ?")).spans == {
         (0, 1), (2, 3), (0, 3)
     }  # fmt: skip

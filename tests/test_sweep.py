@@ -72,14 +72,17 @@ def test_grid_values_take_their_config_types_and_runs_are_named_in_flag_order() 
             parse_grid(bad, "qf-cpu")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--grid", "n_layers="], "--grid expects key=value"),
-    (["--grid", "n_layers"], "--grid expects key=value"),
-    (["--grid", "=1,2"], "--grid expects key=value"),
-    (["--grid", "n_layer=1,2"], "did you mean 'n_layers'"),
-    (["--grid", "n_layers=two"], "cannot read 'two'"),
-    (["--seeds", "many"], "--seeds expects"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "n_layers="], "--grid expects key=value"),
+        (["--grid", "n_layers"], "--grid expects key=value"),
+        (["--grid", "=1,2"], "--grid expects key=value"),
+        (["--grid", "n_layer=1,2"], "did you mean 'n_layers'"),
+        (["--grid", "n_layers=two"], "cannot read 'two'"),
+        (["--seeds", "many"], "--seeds expects"),
+    ],
+)
 def test_malformed_sweeps_fail_in_one_line_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     done = grokking_cli("sweep", "quick", *args, "--out", str(tmp_path / "sweep"))
     assert done.returncode == 2, done.stderr
@@ -95,8 +98,9 @@ def test_unknown_preset_fails_in_one_line(tmp_path: Path) -> None:
 
 def test_unreachable_ray_address_fails_in_one_line(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    done = grokking_cli("sweep", "quick", "--grid", "n_layers=1,2", "--executor", "ray", "--address", "127.0.0.1:1",
-                        "--out", str(tmp_path / "sweep"), timeout=120)
+    done = grokking_cli(
+        "sweep", "quick", "--grid", "n_layers=1,2", "--executor", "ray", "--address", "127.0.0.1:1", "--out", str(tmp_path / "sweep"), timeout=120
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: cannot reach a Ray cluster at 127.0.0.1:1")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -115,8 +119,12 @@ def test_local_and_ray_sweeps_give_the_same_runs_and_summary(tmp_path: Path, one
         state = json.loads((sweep.path / "sweep.json").read_text())
         assert state["preset"] == "quick" and state["grid"] == {"frac_train": [0.5, 0.8]} and state["seeds"] == [0, 1]
         assert state["steps"] == 100 and state["set"] == TINY
-        assert [r["name"] for r in state["runs"]] == ["frac_train=0.5_seed=0", "frac_train=0.5_seed=1",
-                                                      "frac_train=0.8_seed=0", "frac_train=0.8_seed=1"]
+        assert [r["name"] for r in state["runs"]] == [
+            "frac_train=0.5_seed=0",
+            "frac_train=0.5_seed=1",
+            "frac_train=0.8_seed=0",
+            "frac_train=0.8_seed=1",
+        ]
         assert all(r["status"] == "done" and r["attempts"] == 1 and r["error"] is None and r["seconds"] > 0 for r in state["runs"])
         assert all(r["dir"] == f"runs/{r['name']}" and (sweep.path / r["dir"] / "config.json").is_file() for r in state["runs"])
         assert not list((sweep.path / "runs").glob(".*")), "the Ray driver's token file is removed"
@@ -135,8 +143,7 @@ def test_local_and_ray_sweeps_give_the_same_runs_and_summary(tmp_path: Path, one
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes_without_redoing_runs(tmp_path: Path) -> None:
     spec, out = tiny_spec(steps=400), tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*CLI, *cli_args(spec, out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([*CLI, *cli_args(spec, out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "sweep.json").is_file() and any(r.status == "done" for r in load_sweep(out).runs):
@@ -208,8 +215,7 @@ def test_ray_task_without_a_shared_disk_ships_the_run_directory_and_resumes(tmp_
 
 
 # -- the report ----------------------------------------------------------------------------------
-def hand_made_sweep(path: Path, key: str, curves: dict[tuple, tuple[list[float], list[float]]],
-                    running: tuple = ()) -> Sweep:
+def hand_made_sweep(path: Path, key: str, curves: dict[tuple, tuple[list[float], list[float]]], running: tuple = ()) -> Sweep:
     """A sweep directory with hand-made metrics: {(grid value, seed): (val_acc curve, gen_acc curve)}."""
     runs = []
     for (value, seed), (val, gen) in curves.items():
@@ -217,7 +223,8 @@ def hand_made_sweep(path: Path, key: str, curves: dict[tuple, tuple[list[float],
         run = SweepRun(run_name(params), params, path / "runs" / run_name(params), "running" if (value, seed) in running else "done", 1)
         run.dir.mkdir(parents=True)
         pd.DataFrame({"step": [100 * i for i in range(len(val))], "test_acc": gen, "val_acc": val, "gen_acc": gen}).to_csv(
-            run.dir / "metrics.csv", index=False)
+            run.dir / "metrics.csv", index=False
+        )
         runs.append(run)
     sweep = Sweep(path, SweepSpec("qf-cpu", {key: sorted({v for v, _ in curves})}, [0, 1]), runs)
     sweep.save()
@@ -226,12 +233,16 @@ def hand_made_sweep(path: Path, key: str, curves: dict[tuple, tuple[list[float],
 
 def test_language_sweep_report_has_success_fractions_and_early_stopping(tmp_path: Path) -> None:
     flat = [0.2, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    hand_made_sweep(tmp_path, "n_layers", {
-        (2, 0): (flat, [0.1, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3]),
-        (2, 1): (flat, [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.9]),
-        (4, 0): (flat, [0.1, 0.1, 0.4, 0.6, 0.9, 0.9, 1.0]),
-        (4, 1): (flat, [0.1, 0.1, 0.4, 0.6, 0.9, 0.9, 0.95]),
-    })
+    hand_made_sweep(
+        tmp_path,
+        "n_layers",
+        {
+            (2, 0): (flat, [0.1, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3]),
+            (2, 1): (flat, [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.9]),
+            (4, 0): (flat, [0.1, 0.1, 0.4, 0.6, 0.9, 0.9, 1.0]),
+            (4, 1): (flat, [0.1, 0.1, 0.4, 0.6, 0.9, 0.9, 0.95]),
+        },
+    )
     (tmp_path / "runs" / "n_layers=4_seed=0" / "analysis.csv").write_text("step,tscore,weight_norm,attn_sparsity\n600,0.9,30.0,-1.5\n")
     page = write_sweep_report(tmp_path, patience=2).read_text()
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("n_layers")
@@ -250,10 +261,18 @@ def test_language_sweep_report_has_success_fractions_and_early_stopping(tmp_path
 
 def test_modular_sweep_report_counts_grokking_and_quotes_the_paper(tmp_path: Path) -> None:
     rising = [0.0, 0.5, 0.995, 1.0]
-    sweep = hand_made_sweep(tmp_path, "frac_train", {(0.3, 0): (rising, rising), (0.3, 1): (rising, [0.0, 0.1, 0.2, 0.3]),
-                                                     (0.5, 0): (rising, [0.0, 0.99, 1.0, 1.0]), (0.5, 1): (rising, rising),
-                                                     (0.35, 0): (rising, rising)},  # a fraction the paper did not run
-                            running=((0.5, 1),))
+    sweep = hand_made_sweep(
+        tmp_path,
+        "frac_train",
+        {
+            (0.3, 0): (rising, rising),
+            (0.3, 1): (rising, [0.0, 0.1, 0.2, 0.3]),
+            (0.5, 0): (rising, [0.0, 0.99, 1.0, 1.0]),
+            (0.5, 1): (rising, rising),
+            (0.35, 0): (rising, rising),
+        },  # a fraction the paper did not run
+        running=((0.5, 1),),
+    )
     for run in sweep.runs:  # modular metrics have no val/gen split
         metrics = pd.read_csv(run.dir / "metrics.csv").drop(columns=["val_acc", "gen_acc"])
         metrics.to_csv(run.dir / "metrics.csv", index=False)

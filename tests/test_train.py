@@ -33,8 +33,7 @@ def test_minibatch_run_resumes_exactly(tmp_path: Path) -> None:
 
 def test_minibatch_run_resumes_exactly_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between checkpoints resumes from the last one and replays the same minibatches."""
-    assert_crash_then_resume_is_bit_identical(lambda: tiny_config(steps="60", batch_size="16", checkpoint_every="20"),
-                                              tmp_path, monkeypatch)
+    assert_crash_then_resume_is_bit_identical(lambda: tiny_config(steps="60", batch_size="16", checkpoint_every="20"), tmp_path, monkeypatch)
 
 
 def test_run_directory_layout(tmp_path: Path) -> None:
@@ -42,7 +41,11 @@ def test_run_directory_layout(tmp_path: Path) -> None:
     run = load_run(tmp_path / "r")
     assert run.steps == [0, 20, 40, 50]
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [
-        "step_0000000.safetensors", "step_0000020.safetensors", "step_0000040.safetensors", "step_0000050.safetensors"]
+        "step_0000000.safetensors",
+        "step_0000020.safetensors",
+        "step_0000040.safetensors",
+        "step_0000050.safetensors",
+    ]
     assert list(run.metrics.columns[:5]) == ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
     assert run.metrics.step.tolist() == [0, 10, 20, 30, 40, 50]
     assert not list((tmp_path / "r").glob(".*tmp*")), "no temporary files left behind"

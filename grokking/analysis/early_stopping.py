@@ -46,8 +46,13 @@ def early_stopping(metrics: pd.DataFrame, patience: int = 5) -> EarlyStopping:
                 break
     above = m.step[m.gen_acc >= GEN_SUCCESS]
     return EarlyStopping(
-        step_at_max_val=int(m.step[at_max]), gen_at_max_val=float(m.gen_acc[at_max]), patience=patience,
-        step_at_patience_stop=int(m.step[stop]), gen_at_patience_stop=float(m.gen_acc[stop]),
-        final_step=int(m.step.iloc[-1]), gen_at_end=float(m.gen_acc.iloc[-1]), max_gen=float(m.gen_acc.max()),
+        step_at_max_val=int(m.step[at_max]),
+        gen_at_max_val=float(m.gen_acc[at_max]),
+        patience=patience,
+        step_at_patience_stop=int(m.step[stop]),
+        gen_at_patience_stop=float(m.gen_acc[stop]),
+        final_step=int(m.step.iloc[-1]),
+        gen_at_end=float(m.gen_acc.iloc[-1]),
+        max_gen=float(m.gen_acc.max()),
         first_step_gen_above_80=int(above.iloc[0]) if len(above) else None,
     )

@@ -348,15 +348,22 @@ class KeySelection:
     explained: bool  # generalises and restricted_loss <= factor * test_loss
 
     def to_dict(self) -> dict:
-        return {"key_frequency_rules": {str(k): rule for k, rule in self.rules.items()},
-                "key_frequency_check": {"restricted_loss": self.restricted_loss, "test_loss": self.test_loss,
-                                        "factor": self.factor, "generalises": self.generalises,
-                                        "explained": self.explained}}
+        return {
+            "key_frequency_rules": {str(k): rule for k, rule in self.rules.items()},
+            "key_frequency_check": {
+                "restricted_loss": self.restricted_loss,
+                "test_loss": self.test_loss,
+                "factor": self.factor,
+                "generalises": self.generalises,
+                "explained": self.explained,
+            },
+        }
 
 
 @torch.no_grad()
-def select_key_frequencies(model: Transformer, task: ModularTask, factor: float = KEY_LOSS_FACTOR,
-                           min_rel_norm: float = WIDEN_MIN_REL_NORM, **cluster_kwargs) -> KeySelection:
+def select_key_frequencies(
+    model: Transformer, task: ModularTask, factor: float = KEY_LOSS_FACTOR, min_rel_norm: float = WIDEN_MIN_REL_NORM, **cluster_kwargs
+) -> KeySelection:
     """Key frequencies of the final model: neuron clusters first, then W_E frequencies by norm until they explain the logits.
 
     Why widen: a frequency can carry the logits with fewer than `min_neurons` clean neurons (its

@@ -73,8 +73,7 @@ def baseline_predictions(prompts: Prompts) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def model_predictions(model: torch.nn.Module, prompts: Prompts, batch_size: int = 500) -> Tensor:
-    return torch.cat([predict(model, prompts.xs[s : s + batch_size], prompts.ys[s : s + batch_size])
-                      for s in range(0, len(prompts.ys), batch_size)])
+    return torch.cat([predict(model, prompts.xs[s : s + batch_size], prompts.ys[s : s + batch_size]) for s in range(0, len(prompts.ys), batch_size)])
 
 
 @torch.no_grad()
@@ -109,8 +108,7 @@ class ICLPlan:
         # the frequency grid only at the final checkpoint (`finish`), which keeps a checkpoint to seconds.
         self.tracked = {name: prompts.head(ROW_PROMPTS) for name, prompts in self.sets.items() if " f=" not in name}
         self.mixture = self.task.mixture_set()
-        self.signature = {"kind": "icl-functions", "sets": list(self.sets), "eval_examples": self.task.eval_examples,
-                          "row_prompts": ROW_PROMPTS}
+        self.signature = {"kind": "icl-functions", "sets": list(self.sets), "eval_examples": self.task.eval_examples, "row_prompts": ROW_PROMPTS}
 
     def row(self, step: int) -> tuple[dict[str, float], list[dict]]:
         model = self.run.model(step)

@@ -153,8 +153,7 @@ class _Holder(nn.Module):
         self.model = model
 
 
-def estimate_llc(model: nn.Module, batch_loss: BatchLoss, n_examples: int, settings: SGLDSettings,
-                 device: str | torch.device = "cpu") -> LLCEstimate:
+def estimate_llc(model: nn.Module, batch_loss: BatchLoss, n_examples: int, settings: SGLDSettings, device: str | torch.device = "cpu") -> LLCEstimate:
     """Estimate the LLC of `model` (left unchanged) on examples 0..n_examples-1 scored by `batch_loss`."""
     llc = _devinterp_llc()
     from datasets import Dataset
@@ -169,15 +168,31 @@ def estimate_llc(model: nn.Module, batch_loss: BatchLoss, n_examples: int, setti
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="grokking-llc-") as tmp, _quiet_chains():
-        result = llc(_Holder(model), index, {}, lr=settings.lr, n_beta=settings.resolved_nbeta, loss_fn=per_token_loss,
-                     num_chains=settings.chains, num_draws=settings.draws, num_burnin_steps=settings.burnin,
-                     batch_size=settings.batch_size, localization=settings.localization, init_seed=settings.seed,
-                     num_init_loss_batches=max(1, min(32, n_examples // settings.batch_size)),
-                     device=str(device), output_path=Path(tmp) / "samples.zarr").load()
-    return LLCEstimate(mean=float(result.llc_mean), std=float(result.llc_std),
-                       per_chain=result.llc_per_chain.values.astype(np.float64),
-                       loss_trace=result.loss_trace.values.astype(np.float64),
-                       init_loss=float(result.init_loss), seconds=time.perf_counter() - start)
+        result = llc(
+            _Holder(model),
+            index,
+            {},
+            lr=settings.lr,
+            n_beta=settings.resolved_nbeta,
+            loss_fn=per_token_loss,
+            num_chains=settings.chains,
+            num_draws=settings.draws,
+            num_burnin_steps=settings.burnin,
+            batch_size=settings.batch_size,
+            localization=settings.localization,
+            init_seed=settings.seed,
+            num_init_loss_batches=max(1, min(32, n_examples // settings.batch_size)),
+            device=str(device),
+            output_path=Path(tmp) / "samples.zarr",
+        ).load()
+    return LLCEstimate(
+        mean=float(result.llc_mean),
+        std=float(result.llc_std),
+        per_chain=result.llc_per_chain.values.astype(np.float64),
+        loss_trace=result.loss_trace.values.astype(np.float64),
+        init_loss=float(result.init_loss),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def run_batch_loss(run: Run, device: str | torch.device = "cpu") -> tuple[BatchLoss, int]:
@@ -222,8 +237,7 @@ def select_steps(steps: list[int], sample: int | None = None, every: int | None 
     return chosen
 
 
-def analyze_llc(run: Run, steps: list[int], request: LLCRequest, device: str | torch.device = "cpu",
-                progress: bool = True) -> pd.DataFrame:
+def analyze_llc(run: Run, steps: list[int], request: LLCRequest, device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
     """Estimate the LLC of the selected checkpoints missing from RUN/llc.csv; returns the whole table."""
     settings = request.validate().settings
     csv_path, json_path = run.dir.llc_path, run.dir.llc_settings_path
@@ -246,8 +260,7 @@ def analyze_llc(run: Run, steps: list[int], request: LLCRequest, device: str | t
     try:
         for step in tqdm(todo, desc="llc", unit="ckpt", disable=not progress, dynamic_ncols=True):
             est = estimate_llc(run.model(step, device=str(device)), loss, n, settings, device)
-            rows.append({"step": step, "llc_mean": est.mean, "llc_std": est.std,
-                         "llc_init_loss": est.init_loss, "llc_seconds": est.seconds})
+            rows.append({"step": step, "llc_mean": est.mean, "llc_std": est.std, "llc_init_loss": est.init_loss, "llc_seconds": est.seconds})
             if time.perf_counter() - last_save > SAVE_EVERY_SECONDS:
                 save()
                 last_save = time.perf_counter()
@@ -262,8 +275,9 @@ def _devinterp_version() -> str:
     return version("devinterp")
 
 
-def calibrate(run: Run, step: int, lrs: list[float], localizations: list[float], base: SGLDSettings,
-              device: str | torch.device = "cpu", progress: bool = True) -> tuple[pd.DataFrame, dict[tuple[float, float], LLCEstimate]]:
+def calibrate(
+    run: Run, step: int, lrs: list[float], localizations: list[float], base: SGLDSettings, device: str | torch.device = "cpu", progress: bool = True
+) -> tuple[pd.DataFrame, dict[tuple[float, float], LLCEstimate]]:
     """One LLC estimate per (step size, localization) on one checkpoint: a table (llc mean/std, and how much
     the last quarter of each chain's loss trace still drifts) and every estimate with its per-chain traces."""
     if not lrs or not localizations:
@@ -276,9 +290,17 @@ def calibrate(run: Run, step: int, lrs: list[float], localizations: list[float],
     for lr, loc in tqdm(grid, desc="calibrate", unit="setting", disable=not progress, dynamic_ncols=True):
         est = estimate_llc(model, loss, n, dataclasses.replace(base, lr=lr, localization=loc), device)
         estimates[(lr, loc)] = est
-        rows.append({"lr": lr, "localization": loc, "llc_mean": est.mean, "llc_std": est.std,
-                     "init_loss": est.init_loss, "drift": trace_drift(est.loss_trace, est.init_loss),
-                     "seconds": est.seconds})
+        rows.append(
+            {
+                "lr": lr,
+                "localization": loc,
+                "llc_mean": est.mean,
+                "llc_std": est.std,
+                "init_loss": est.init_loss,
+                "drift": trace_drift(est.loss_trace, est.init_loss),
+                "seconds": est.seconds,
+            }
+        )
     return pd.DataFrame(rows), estimates
 
 
@@ -290,7 +312,7 @@ def trace_drift(loss_trace: np.ndarray, init_loss: float) -> float:
     rise = mean[-quarter:].mean() - init_loss
     if not rise > 0:
         return float("nan")
-    return float((mean[-quarter:].mean() - mean[-2 * quarter:-quarter].mean()) / rise)
+    return float((mean[-quarter:].mean() - mean[-2 * quarter : -quarter].mean()) / rise)
 
 
 def merge_llc(table: pd.DataFrame, llc: pd.DataFrame) -> pd.DataFrame:
@@ -304,6 +326,7 @@ def calibration_tables(estimates: dict[tuple[float, float], LLCEstimate]) -> pd.
     frames = []
     for (lr, loc), est in estimates.items():
         chains, steps = np.meshgrid(np.arange(est.loss_trace.shape[0]), np.arange(est.loss_trace.shape[1]), indexing="ij")
-        frames.append(pd.DataFrame({"lr": lr, "localization": loc, "chain": chains.ravel(), "sgld_step": steps.ravel(),
-                                    "loss": est.loss_trace.ravel()}))
+        frames.append(
+            pd.DataFrame({"lr": lr, "localization": loc, "chain": chains.ravel(), "sgld_step": steps.ravel(), "loss": est.loss_trace.ravel()})
+        )
     return pd.concat(frames, ignore_index=True)

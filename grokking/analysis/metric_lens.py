@@ -52,10 +52,21 @@ def score_table(x: pd.Series, table: pd.DataFrame, metrics: list[str]) -> pd.Dat
         enough = len(y) >= 2
         score = oriented_emergence_score(xs, y, metric) if enough else math.nan
         points = progress_points(xs, [direction * v for v in y]) if enough else [math.nan] * 3
-        rows.append({"metric": metric, "direction": direction, "emergence_score": score,
-                     "first": y[0] if y else math.nan, "last": y[-1] if y else math.nan,
-                     "min": min(y, default=math.nan), "max": max(y, default=math.nan), "n_points": len(y),
-                     "x_10": points[0], "x_50": points[1], "x_90": points[2]})
+        rows.append(
+            {
+                "metric": metric,
+                "direction": direction,
+                "emergence_score": score,
+                "first": y[0] if y else math.nan,
+                "last": y[-1] if y else math.nan,
+                "min": min(y, default=math.nan),
+                "max": max(y, default=math.nan),
+                "n_points": len(y),
+                "x_10": points[0],
+                "x_50": points[1],
+                "x_90": points[2],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -91,9 +102,17 @@ def length_fits(means: pd.DataFrame) -> pd.DataFrame:
         positive = acc > 0
         log_slope, log_r2 = _fit(L[positive], np.log(acc[positive]))
         edit_slope, edit_r2 = _fit(L, edit)
-        rows.append({"acc_log_slope": log_slope, "acc_log_r2": log_r2, "acc_log_points": int(positive.sum()),
-                     "acc_per_token_from_slope": math.exp(log_slope) if not math.isnan(log_slope) else math.nan,
-                     "acc_linear_r2": _fit(L, acc)[1], "edit_slope": edit_slope, "edit_r2": edit_r2})
+        rows.append(
+            {
+                "acc_log_slope": log_slope,
+                "acc_log_r2": log_r2,
+                "acc_log_points": int(positive.sum()),
+                "acc_per_token_from_slope": math.exp(log_slope) if not math.isnan(log_slope) else math.nan,
+                "acc_linear_r2": _fit(L, acc)[1],
+                "edit_slope": edit_slope,
+                "edit_r2": edit_r2,
+            }
+        )
     return pd.DataFrame(rows, index=means.index)
 
 
@@ -105,8 +124,9 @@ def lens_metrics(columns: list[str] | pd.Index) -> tuple[list[str], list[str]]:
     headline = [m for m in SCALE_METRICS if m in columns]
     if not headline:
         headline = [m for m in ("test_acc", "test_loss") if m in columns]
-    rest = sorted((c for c in columns if c.startswith("test_") and c not in headline and c != "test_acc"),
-                  key=lambda c: (bool(LENGTH_RE.match(c)), c))
+    rest = sorted(
+        (c for c in columns if c.startswith("test_") and c not in headline and c != "test_acc"), key=lambda c: (bool(LENGTH_RE.match(c)), c)
+    )
     return headline, headline + rest
 
 

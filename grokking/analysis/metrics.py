@@ -234,9 +234,7 @@ def progress_points(x: Sequence[float], y: Sequence[float], fractions: Sequence[
 # ---- everything side by side ------------------------------------------------------------------------
 
 
-def metric_table(
-    preds: Sequence[Tokens], logits: Tensor, targets: Tensor, mask: Tensor, ks: Iterable[int] = SUBSET_KS
-) -> dict[str, float]:
+def metric_table(preds: Sequence[Tokens], logits: Tensor, targets: Tensor, mask: Tensor, ks: Iterable[int] = SUBSET_KS) -> dict[str, float]:
     """All metrics of one model (or checkpoint) on the same outputs, for plotting against scale or time.
 
     `preds[i]` is the greedy output (ids) for example i; its target is `targets[i][mask[i]]`. `logits`

@@ -61,7 +61,6 @@ class Plan(Protocol):
 class ModularPlan:
     """Fourier progress measures of a modular-arithmetic run (add or subtract; other operations get losses only)."""
 
-
     def __init__(self, run: Run, final_step: int, sample: int, sample_seed: int):
         """The registry's plan signature (grokking/families.py): key frequencies come from `final_step`'s model;
         every (a, b) pair is measured, so `sample` and `sample_seed` are not used."""
@@ -70,8 +69,7 @@ class ModularPlan:
         self.applicable = fourier.fourier_applicable(self.task.operation)
         self.selection = fourier.select_key_frequencies(self.final_model, self.task) if self.applicable else None
         self.key_freqs = self.selection.freqs if self.selection else []
-        self.signature = {"kind": "modular", "final_step": final_step,
-                          "key_frequencies": self.key_freqs if self.applicable else None}
+        self.signature = {"kind": "modular", "final_step": final_step, "key_frequencies": self.key_freqs if self.applicable else None}
 
     @torch.no_grad()
     def row(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -80,13 +78,20 @@ class ModularPlan:
         answers = logits[:, : task.p]  # the p answer classes, as the Fourier measures (p + 1 outputs: imported runs)
         train_loss, train_acc = answer_loss_and_acc(answers[task.train_idx], task.labels[task.train_idx])
         test_loss, test_acc = answer_loss_and_acc(answers[task.test_idx], task.labels[task.test_idx])
-        row = {"step": step, "train_loss": train_loss.item(), "test_loss": test_loss.item(),
-               "train_acc": train_acc.item(), "test_acc": test_acc.item()}
+        row = {
+            "step": step,
+            "train_loss": train_loss.item(),
+            "test_loss": test_loss.item(),
+            "train_acc": train_acc.item(),
+            "test_acc": test_acc.item(),
+        }
         norm_rows = []
         if self.applicable:
             row.update(fourier.checkpoint_measures(model, task, self.key_freqs, logits=logits))
-            for matrix, norms in (("W_E", fourier.embedding_frequency_norms(model, task.p)),
-                                  ("W_L", fourier.logit_map_frequency_norms(model, task.p))):
+            for matrix, norms in (
+                ("W_E", fourier.embedding_frequency_norms(model, task.p)),
+                ("W_L", fourier.logit_map_frequency_norms(model, task.p)),
+            ):
                 norm_rows += [{"step": step, "matrix": matrix, "k": k, "norm": float(v)} for k, v in enumerate(norms.tolist())]
         row["total_sq_weight_norm"] = total_sq_weight_norm(model)
         return row, norm_rows
@@ -96,8 +101,7 @@ class ModularPlan:
         if not self.applicable:
             maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), [0])
             atomic_write(self.run.dir.analysis_maps_path, save({k: v.contiguous() for k, v in maps.items()}))
-            return {"fourier_applicable": False,
-                    "fourier_note": fourier.NOT_APPLICABLE_NOTE.format(operation=self.task.operation), "phases": phases}
+            return {"fourier_applicable": False, "fourier_note": fourier.NOT_APPLICABLE_NOTE.format(operation=self.task.operation), "phases": phases}
         clusters = fourier.neuron_clusters(fourier.neuron_frequency_fractions(fourier.neuron_activations(self.final_model, self.task)))
         neurons = [int(torch.nonzero(clusters == k)[0]) for k in self.key_freqs if (clusters == k).any()][:4] or [0]
         maps = self._maps(sorted(set(spread_steps(good_steps, N_MAP_STEPS)) | {self.final_step}), neurons)
@@ -106,7 +110,8 @@ class ModularPlan:
             "fourier_applicable": True,
             **self.selection.to_dict(),
             "key_frequencies_from_embedding": fourier.key_frequencies_from_embedding(
-                fourier.embedding_frequency_norms(self.final_model, self.task.p)),
+                fourier.embedding_frequency_norms(self.final_model, self.task.p)
+            ),
             "phases": phases,
             "neuron_cluster_sizes": {str(k): int((clusters == k).sum()) for k in sorted(set(clusters.tolist()))},
         }
@@ -118,11 +123,16 @@ class ModularPlan:
         attn, acts = [], []
         for step in steps:
             _, cache = self.run.model(step).run_with_cache(
-                self.task.tokens, names_filter=lambda n: n in ("blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post"))
+                self.task.tokens, names_filter=lambda n: n in ("blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post")
+            )
             attn.append(cache["blocks.0.attn.hook_pattern"][:, :, -1, 0].T.reshape(-1, p, p))
             acts.append(cache["blocks.0.mlp.hook_post"][:, -1, neurons].T.reshape(-1, p, p))
-        return {"steps": torch.tensor(steps), "neurons": torch.tensor(neurons),
-                "attention_to_a": torch.stack(attn).half(), "neuron_acts": torch.stack(acts).half()}
+        return {
+            "steps": torch.tensor(steps),
+            "neurons": torch.tensor(neurons),
+            "attention_to_a": torch.stack(attn).half(),
+            "neuron_acts": torch.stack(acts).half(),
+        }
 
 
 def _readable(run: Run, step: int, skipped: dict[int, str]) -> bool:
@@ -134,8 +144,7 @@ def _readable(run: Run, step: int, skipped: dict[int, str]) -> bool:
         return False
 
 
-def analyze(run_dir: str | Path, sample: int = 2000, progress: bool = True, sample_seed: int = 0,
-            llc: LLCRequest | None = None) -> pd.DataFrame:
+def analyze(run_dir: str | Path, sample: int = 2000, progress: bool = True, sample_seed: int = 0, llc: LLCRequest | None = None) -> pd.DataFrame:
     """Compute the progress measures of every checkpoint; returns the analysis table.
 
     `sample` is the number of training examples the structural measures use, drawn at random with
@@ -186,8 +195,7 @@ def analyze(run_dir: str | Path, sample: int = 2000, progress: bool = True, samp
         if rows:
             table = save_tables()
     good_steps = [s for s in steps if s not in skipped]
-    summary = {"signature": plan.signature, **plan.signature, **plan.finish(table, good_steps),
-               "skipped": {str(k): v for k, v in skipped.items()}}
+    summary = {"signature": plan.signature, **plan.signature, **plan.finish(table, good_steps), "skipped": {str(k): v for k, v in skipped.items()}}
     atomic_write(json_path, json.dumps(summary, indent=2).encode())
     if llc is not None:
         table = merge_llc(table, analyze_llc(run, good_steps, llc, progress=progress))

@@ -58,8 +58,7 @@ def attention_entropy(model: Transformer, tokens: Tensor, pad_id: int = 0, batch
     return out
 
 
-def head_averaged_attention_entropy(model: Transformer, sequences: list[list[int]], pad_id: int = 0,
-                                    batch_size: int = 256) -> dict[str, float]:
+def head_averaged_attention_entropy(model: Transformer, sequences: list[list[int]], pad_id: int = 0, batch_size: int = 256) -> dict[str, float]:
     """The released code's attention entropy: of the head-averaged distribution, summed over positions.
 
     `sequences` are `<sos> w_0 .. w_{n-1}` id lists (the declarative prefixes, as the released code

@@ -41,7 +41,6 @@ def random_sample(examples: list[Example], size: int, seed: int) -> list[Example
 class StructuralPlan:
     """Weight norms, both attention entropies, tscore and tparseval of a language run."""
 
-
     def __init__(self, run: Run, final_step: int, sample: int, sample_seed: int):
         """The registry's plan signature (grokking/families.py); every checkpoint is measured on the same
         `sample` training examples drawn with `sample_seed`, so `final_step` is not needed."""
@@ -80,9 +79,13 @@ class StructuralPlan:
             trees = {}
             for step in spread_steps(good_steps, N_TREE_STEPS):
                 report = tree_projection_report(self.run.model(step), self.sentences[0], self.data.lm_task.vocab, self.gold_fn)
-                trees[str(step)] = {"words": report["words"], "chart": report["chart"].nan_to_num(0).tolist(),
-                                    "brackets": report["brackets"], "tscore": report["tscore"], "tparseval": report["tparseval"]}
+                trees[str(step)] = {
+                    "words": report["words"],
+                    "chart": report["chart"].nan_to_num(0).tolist(),
+                    "brackets": report["brackets"],
+                    "tscore": report["tscore"],
+                    "tparseval": report["tparseval"],
+                }
             atomic_write(self.run.dir.analysis_trees_path, json.dumps(trees).encode())
         metrics = self.run.metrics
-        return {"early_stopping": early_stopping(metrics).to_dict() if "gen_acc" in metrics else None,
-                "sample_declaratives": len(self.sentences)}
+        return {"early_stopping": early_stopping(metrics).to_dict() if "gen_acc" in metrics else None, "sample_declaratives": len(self.sentences)}

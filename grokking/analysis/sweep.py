@@ -23,8 +23,7 @@ from grokking.experiments.sweep import Sweep, SweepRun
 
 GROK_THRESHOLD = 0.99
 # Nanda et al., released frac_train sweep: epochs (= full-batch steps) until their stopping rule fired.
-PAPER_EPOCHS_BY_FRAC_TRAIN = {0.95: 970, 0.9: 1057, 0.8: 1339, 0.7: 897, 0.6: 1091, 0.5: 1618, 0.4: 3667,
-                              0.3: 8996, 0.28: 16614, 0.25: 23276}
+PAPER_EPOCHS_BY_FRAC_TRAIN = {0.95: 970, 0.9: 1057, 0.8: 1339, 0.7: 897, 0.6: 1091, 0.5: 1618, 0.4: 3667, 0.3: 8996, 0.28: 16614, 0.25: 23276}
 FINAL_MEASURES = ("tscore", "weight_norm", "attn_sparsity")
 
 
@@ -50,8 +49,14 @@ class SweepTables:
         return list(values) if numeric else self.settings
 
     def _run_row(self, run: SweepRun) -> dict:
-        row = {"name": run.name, "setting": setting_label({k: run.params[k] for k in self.keys}), **run.params,
-               "status": run.status, "attempts": run.attempts, "seconds": run.seconds}
+        row = {
+            "name": run.name,
+            "setting": setting_label({k: run.params[k] for k in self.keys}),
+            **run.params,
+            "status": run.status,
+            "attempts": run.attempts,
+            "seconds": run.seconds,
+        }
         m = self.metrics.get(run.name)
         if m is None:
             return row
@@ -76,20 +81,32 @@ class SweepTables:
         row = {**{k: first[k] for k in self.keys}, "runs": len(runs), "done": len(done)}
         if self.language:
             ok = done.gen_at_end >= GEN_SUCCESS if len(done) else pd.Series(dtype=bool)
-            row.update({"success_fraction": ok.mean() if len(done) else math.nan, "n_success": int(ok.sum()),
-                        "gen_at_end_mean": _mean(done, "gen_at_end"), "gen_at_end_std": _std(done, "gen_at_end"),
-                        "gen_at_max_val_mean": _mean(done, "gen_at_max_val"),
-                        "gen_at_patience_stop_mean": _mean(done, "gen_at_patience_stop"),
-                        "max_gen_mean": _mean(done, "max_gen"), "step_at_max_val_mean": _mean(done, "step_at_max_val"),
-                        "step_at_patience_stop_mean": _mean(done, "step_at_patience_stop"),
-                        "analysed": int(done[f"{FINAL_MEASURES[0]}_final"].notna().sum()) if f"{FINAL_MEASURES[0]}_final" in done else 0})
+            row.update(
+                {
+                    "success_fraction": ok.mean() if len(done) else math.nan,
+                    "n_success": int(ok.sum()),
+                    "gen_at_end_mean": _mean(done, "gen_at_end"),
+                    "gen_at_end_std": _std(done, "gen_at_end"),
+                    "gen_at_max_val_mean": _mean(done, "gen_at_max_val"),
+                    "gen_at_patience_stop_mean": _mean(done, "gen_at_patience_stop"),
+                    "max_gen_mean": _mean(done, "max_gen"),
+                    "step_at_max_val_mean": _mean(done, "step_at_max_val"),
+                    "step_at_patience_stop_mean": _mean(done, "step_at_patience_stop"),
+                    "analysed": int(done[f"{FINAL_MEASURES[0]}_final"].notna().sum()) if f"{FINAL_MEASURES[0]}_final" in done else 0,
+                }
+            )
             row.update({f"{c}_final_mean": _mean(done, f"{c}_final") for c in FINAL_MEASURES})
         else:
             steps = done.step_test_acc_99.dropna() if "step_test_acc_99" in done else pd.Series(dtype=float)
-            row.update({"grokked": len(steps), "step_test_acc_99_mean": steps.mean() if len(steps) else math.nan,
-                        "step_test_acc_99_min": steps.min() if len(steps) else math.nan,
-                        "step_test_acc_99_max": steps.max() if len(steps) else math.nan,
-                        "final_test_acc_mean": _mean(done, "final_test_acc")})
+            row.update(
+                {
+                    "grokked": len(steps),
+                    "step_test_acc_99_mean": steps.mean() if len(steps) else math.nan,
+                    "step_test_acc_99_min": steps.min() if len(steps) else math.nan,
+                    "step_test_acc_99_max": steps.max() if len(steps) else math.nan,
+                    "final_test_acc_mean": _mean(done, "final_test_acc"),
+                }
+            )
             if "frac_train" in self.keys:
                 row["paper_epochs"] = _paper_epochs(first["frac_train"])
         return row

@@ -245,9 +245,7 @@ def _encode(gold: GoldTree, vocab: Vocab) -> list[int]:
     return [vocab.sos_id, *vocab.encode(gold.words)]
 
 
-def tree_measures(
-    model: Transformer, sentences: Sequence[str], vocab: Vocab, gold_fn: GoldFn, batch_size: int = 512
-) -> dict[str, float]:
+def tree_measures(model: Transformer, sentences: Sequence[str], vocab: Vocab, gold_fn: GoldFn, batch_size: int = 512) -> dict[str, float]:
     """tscore and tparseval of `model` on declarative sentences (a trailing `.`/marker is dropped by `gold_fn`).
 
     `gold_fn` is a task's `gold_parse`; its `words` are what the model sees, so gold and induced spans

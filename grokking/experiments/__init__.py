@@ -14,8 +14,7 @@ parsing a grid (grid.py) does not import torch.
 from importlib import import_module
 from typing import Any
 
-_WHERE = {"Sweep": "sweep", "SweepRun": "sweep", "SweepSpec": "sweep", "load_sweep": "sweep",
-          "SweepInterrupted": "runner", "run_sweep": "runner"}
+_WHERE = {"Sweep": "sweep", "SweepRun": "sweep", "SweepSpec": "sweep", "load_sweep": "sweep", "SweepInterrupted": "runner", "run_sweep": "runner"}
 __all__ = list(_WHERE)
 
 

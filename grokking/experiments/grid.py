@@ -87,8 +87,7 @@ def grid_params(grid: dict[str, list[Any]], seeds: list[int]) -> list[dict[str, 
     return [{**dict(zip(grid, combo[:-1])), "seed": combo[-1]} for combo in combos]
 
 
-def run_config(preset: str, sets: dict[str, str], params: dict[str, Any], steps: int | None,
-               device: str | None = None) -> RunConfig:
+def run_config(preset: str, sets: dict[str, str], params: dict[str, Any], steps: int | None, device: str | None = None) -> RunConfig:
     """The validated config of one run: preset, then `--set`, then the run's grid values and seed."""
     try:
         return assemble_config(preset, sets, steps=steps, device=device, extra={k: _raw(v) for k, v in params.items()})

@@ -91,8 +91,9 @@ class _Worker:
         self.start = time.perf_counter()
         self.stdout: IO[bytes] = tempfile.TemporaryFile()
         self.stderr: IO[bytes] = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "grokking.experiments.worker", json.dumps(asdict(job))],
-                                     stdout=self.stdout, stderr=self.stderr, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "grokking.experiments.worker", json.dumps(asdict(job))], stdout=self.stdout, stderr=self.stderr, env=env
+        )
 
     def outcome(self) -> Outcome:
         out, err = (_read(f) for f in (self.stdout, self.stderr))

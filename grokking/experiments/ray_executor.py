@@ -69,8 +69,7 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
 
 
 class RayExecutor:
-    def __init__(self, address: str | None = None, num_cpus: float = 1.0, max_parallel: int | None = None,
-                 connect_timeout: float = 30.0):
+    def __init__(self, address: str | None = None, num_cpus: float = 1.0, max_parallel: int | None = None, connect_timeout: float = 30.0):
         if num_cpus <= 0:
             raise UserError(f"--num-cpus must be positive, got {num_cpus}")
         if max_parallel is not None and max_parallel < 1:
@@ -182,8 +181,10 @@ def probe(address: str, timeout: float) -> None:
     `ray.init` on a wrong address retries for minutes and prints C++ warnings straight to stderr, so
     the first connection is a throw-away one in a subprocess whose output is captured and whose time is capped.
     """
-    code = ("import logging, sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
-            "logging_level=logging.ERROR); ray.shutdown()")
+    code = (
+        "import logging, sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+        "logging_level=logging.ERROR); ray.shutdown()"
+    )
     try:
         done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

@@ -39,8 +39,9 @@ class SweepInterrupted(Exception):
     """Ctrl-C stopped the sweep cleanly; re-running the same command resumes it."""
 
 
-def run_sweep(spec: SweepSpec, out: str | Path | None = None, executor: Executor | None = None,
-              device: str | None = None, progress: bool = True) -> Sweep:
+def run_sweep(
+    spec: SweepSpec, out: str | Path | None = None, executor: Executor | None = None, device: str | None = None, progress: bool = True
+) -> Sweep:
     """Run (or resume) every unfinished run of the sweep; returns the sweep with each run's final status.
 
     The driver holds SWEEP_DIR/.lock throughout (`store.directory_lock`): a second sweep pointed at the
@@ -65,8 +66,7 @@ def _run_locked(spec: SweepSpec, out: Path, executor: Executor | None, device: s
         if progress:
             done = len(sweep.runs) - len(todo)
             tqdm.write(f"sweep {spec.preset}: {len(sweep.runs)} runs, {done} already done; {len(todo)} on {executor.describe()} -> {sweep.path}")
-        bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), desc="sweep", unit="run",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
         running: list[str] = []
 
         def show() -> None:
@@ -105,8 +105,9 @@ def _run_locked(spec: SweepSpec, out: Path, executor: Executor | None, device: s
                 if run.status == "running":
                     run.status = "pending"
             sweep.save()
-            raise SweepInterrupted(f"sweep interrupted; finished runs are kept and running ones saved their state in "
-                                   f"{sweep.path}. Re-run the same command to resume.") from None
+            raise SweepInterrupted(
+                f"sweep interrupted; finished runs are kept and running ones saved their state in {sweep.path}. Re-run the same command to resume."
+            ) from None
         finally:
             bar.close()
     return sweep

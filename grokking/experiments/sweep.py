@@ -107,17 +107,34 @@ class Sweep:
 
     def save(self) -> None:
         spec = self.spec
-        data = {"preset": spec.preset, "grid": spec.grid, "seeds": spec.seeds, "set": spec.set, "steps": spec.steps,
-                "runs": [{"name": r.name, "params": r.params, "dir": f"runs/{r.name}", "status": r.status,
-                          "attempts": r.attempts, "error": r.error, "seconds": r.seconds} for r in self.runs]}
+        data = {
+            "preset": spec.preset,
+            "grid": spec.grid,
+            "seeds": spec.seeds,
+            "set": spec.set,
+            "steps": spec.steps,
+            "runs": [
+                {
+                    "name": r.name,
+                    "params": r.params,
+                    "dir": f"runs/{r.name}",
+                    "status": r.status,
+                    "attempts": r.attempts,
+                    "error": r.error,
+                    "seconds": r.seconds,
+                }
+                for r in self.runs
+            ],
+        }
         atomic_write(self.path / STATE_FILE, (json.dumps(data, indent=2) + "\n").encode())
 
     def table(self) -> pd.DataFrame:
         """One row per run: name, the grid parameters and seed, status, attempts, seconds, error."""
         import pandas as pd
 
-        return pd.DataFrame([{"name": r.name, **r.params, "status": r.status, "attempts": r.attempts,
-                              "seconds": r.seconds, "error": r.error} for r in self.runs])
+        return pd.DataFrame(
+            [{"name": r.name, **r.params, "status": r.status, "attempts": r.attempts, "seconds": r.seconds, "error": r.error} for r in self.runs]
+        )
 
     def metrics(self) -> dict[str, pd.DataFrame]:
         """Each run's metrics.csv (whole rows), by run name, for the runs that have written at least one row."""
@@ -140,8 +157,10 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         data = json.loads((path / STATE_FILE).read_text())
         spec = SweepSpec(data["preset"], data["grid"], data["seeds"], data.get("set", {}), data.get("steps"))
-        runs = [SweepRun(r["name"], r["params"], path / r["dir"], r["status"], r.get("attempts", 0), r.get("error"),
-                         r.get("seconds")) for r in data["runs"]]
+        runs = [
+            SweepRun(r["name"], r["params"], path / r["dir"], r["status"], r.get("attempts", 0), r.get("error"), r.get("seconds"))
+            for r in data["runs"]
+        ]
     except FileNotFoundError:
         raise UserError(f"no sweep at {path} (no {STATE_FILE}); start one with `grokking sweep PRESET --grid key=v1,v2 --out {path}`") from None
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -166,8 +185,10 @@ def plan_sweep(spec: SweepSpec, out: str | Path) -> Sweep:
     if (out / STATE_FILE).is_file():
         old = load_sweep(out)
         if (old.spec.preset, old.spec.grid, old.spec.set) != (spec.preset, spec.grid, spec.set):
-            raise UserError(f"{out} holds another sweep ({_describe(old.spec)}); use another --out, or repeat that "
-                            f"preset, grid and --set (only --seeds and --steps may change)")
+            raise UserError(
+                f"{out} holds another sweep ({_describe(old.spec)}); use another --out, or repeat that "
+                f"preset, grid and --set (only --seeds and --steps may change)"
+            )
         previous = {r.name: r for r in old.runs}
     runs = [previous.get(name) or SweepRun(name, params, out / "runs" / name) for name, params in configs.items()]
     sweep = Sweep(out, spec, runs)

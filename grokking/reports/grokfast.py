@@ -43,8 +43,11 @@ class Side:
     @property
     def label(self) -> str:
         tr = self.config.train
-        settings = {"none": "no filter", "ema": f"EMA a={tr.grad_filter_alpha} l={tr.grad_filter_lambda}",
-                    "ma": f"MA w={tr.grad_filter_window} l={tr.grad_filter_lambda}"}[tr.grad_filter]
+        settings = {
+            "none": "no filter",
+            "ema": f"EMA a={tr.grad_filter_alpha} l={tr.grad_filter_lambda}",
+            "ma": f"MA w={tr.grad_filter_window} l={tr.grad_filter_lambda}",
+        }[tr.grad_filter]
         return f"{self.path.name} (seed {tr.seed}, {settings})"
 
 
@@ -56,8 +59,7 @@ def read_side(run_dir: str | os.PathLike[str]) -> Side:
     if config.task.task != "modular":
         raise UserError(f"{run.path} is a {config.task.task} run; `grokking compare` compares modular runs")
     norms = run.read_table(run.fourier_norms_path) if run.fourier_norms_path.is_file() else None
-    return Side(run.path, config, run.read_metrics_table(), run.read_table(run.analysis_path),
-                run.read_json(run.analysis_summary_path), norms)
+    return Side(run.path, config, run.read_metrics_table(), run.read_table(run.analysis_path), run.read_json(run.analysis_summary_path), norms)
 
 
 def first_step_at(metrics: pd.DataFrame, column: str, level: float) -> int | None:
@@ -84,12 +86,16 @@ def summary_row(side: Side) -> dict[str, object]:
     """The numbers one run contributes to a comparison (and to docs/results tables)."""
     phases = side.summary.get("phases", {})
     final = side.metrics.iloc[-1]
-    return {"run": side.label, "steps": int(final.step), "final test acc": round(float(final.test_acc), 4),
-            "train acc >= 99% at": first_step_at(side.metrics, "train_acc", 0.99),
-            "test acc >= 50% at": first_step_at(side.metrics, "test_acc", 0.5),
-            "test acc >= 99% at": first_step_at(side.metrics, "test_acc", 0.99),
-            **{b.replace("_", " "): phases.get(b) for b in BOUNDARIES},
-            "key frequencies": sorted(side.summary.get("key_frequencies", []))}
+    return {
+        "run": side.label,
+        "steps": int(final.step),
+        "final test acc": round(float(final.test_acc), 4),
+        "train acc >= 99% at": first_step_at(side.metrics, "train_acc", 0.99),
+        "test acc >= 50% at": first_step_at(side.metrics, "test_acc", 0.5),
+        "test acc >= 99% at": first_step_at(side.metrics, "test_acc", 0.99),
+        **{b.replace("_", " "): phases.get(b) for b in BOUNDARIES},
+        "key frequencies": sorted(side.summary.get("key_frequencies", [])),
+    }
 
 
 def comparison(a: Side, b: Side) -> dict[str, object]:
@@ -97,25 +103,51 @@ def comparison(a: Side, b: Side) -> dict[str, object]:
     rows = [summary_row(a), summary_row(b)]
     keys_a, keys_b = set(rows[0]["key frequencies"]), set(rows[1]["key frequencies"])  # type: ignore[arg-type]
     s_a, s_b = rows[0]["test acc >= 99% at"], rows[1]["test acc >= 99% at"]
-    return {"rows": rows,
-            "speed-up to 99% test acc (A steps / B steps)": round(s_a / s_b, 2) if s_a and s_b else None,
-            "key frequencies shared / only A / only B": (sorted(keys_a & keys_b), sorted(keys_a - keys_b), sorted(keys_b - keys_a)),
-            "same key frequencies": keys_a == keys_b}
+    return {
+        "rows": rows,
+        "speed-up to 99% test acc (A steps / B steps)": round(s_a / s_b, 2) if s_a and s_b else None,
+        "key frequencies shared / only A / only B": (sorted(keys_a & keys_b), sorted(keys_a - keys_b), sorted(keys_b - keys_a)),
+        "same key frequencies": keys_a == keys_b,
+    }
 
 
 def losses_figure(a: Side, b: Side) -> go.Figure:
     """Restricted and excluded loss of both runs (A solid, B dashed; test / train loss dotted), by step and by phase."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=("restricted loss (and test loss), by step", "excluded loss (and train loss), by step",
-                                                        "restricted loss, by phase", "excluded loss, by phase"))
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=(
+            "restricted loss (and test loss), by step",
+            "excluded loss (and train loss), by step",
+            "restricted loss, by phase",
+            "excluded loss, by phase",
+        ),
+    )
     for side, colour, name in ((a, COLOURS[0], "A"), (b, COLOURS[1], "B")):
         t = side.table
         x_phase = phase_time(t.step.to_numpy(float), side.summary.get("phases", {}))
         for col, (measure, reference) in enumerate((("restricted_loss", "test_loss"), ("excluded_loss", "train_loss")), start=1):
             for row, x in ((1, t.step), (2, x_phase)):
-                fig.add_scatter(x=x, y=t[measure], name=f"{name}: {measure.replace('_', ' ')}", line_color=colour,
-                                legendgroup=f"{name}{measure}", showlegend=row == 1, row=row, col=col)
-                fig.add_scatter(x=x, y=t[reference], name=f"{name}: {reference.replace('_', ' ')}", line={"color": colour, "dash": "dot", "width": 1},
-                                legendgroup=f"{name}{reference}", showlegend=row == 1, row=row, col=col)
+                fig.add_scatter(
+                    x=x,
+                    y=t[measure],
+                    name=f"{name}: {measure.replace('_', ' ')}",
+                    line_color=colour,
+                    legendgroup=f"{name}{measure}",
+                    showlegend=row == 1,
+                    row=row,
+                    col=col,
+                )
+                fig.add_scatter(
+                    x=x,
+                    y=t[reference],
+                    name=f"{name}: {reference.replace('_', ' ')}",
+                    line={"color": colour, "dash": "dot", "width": 1},
+                    legendgroup=f"{name}{reference}",
+                    showlegend=row == 1,
+                    row=row,
+                    col=col,
+                )
     fig.update_yaxes(type="log")
     fig.update_xaxes(title_text="step", row=1)
     fig.update_xaxes(title_text="phase time (1: memorisation ends, 2: circuit formation ends, 3: cleanup ends)", row=2)
@@ -168,12 +200,17 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path) -> P
     page.table({key: f"A: {rows[0][key]}   |   B: {rows[1][key]}" for key in rows[0]})  # type: ignore[index]
     page.table({k: v for k, v in result.items() if k != "rows"})
     page.section("Accuracy").figure(accuracy_figure(a, b))
-    page.section("Restricted and excluded loss", "Top: by step. Bottom: by phase time, each run's own boundaries at 1, 2, 3; a filter "
-                 "that only compresses the same three phases makes the two runs' bottom curves lie on each other.")
+    page.section(
+        "Restricted and excluded loss",
+        "Top: by step. Bottom: by phase time, each run's own boundaries at 1, 2, 3; a filter "
+        "that only compresses the same three phases makes the two runs' bottom curves lie on each other.",
+    )
     page.figure(losses_figure(a, b))
     if a.norms is not None and b.norms is not None:
-        page.section("Fourier norms at the same step", "W_L = W_out W_U, norm per frequency: drag the slider; the key frequencies stand out "
-                     "as the circuit forms.").figure(norms_figure(a, b))
+        page.section(
+            "Fourier norms at the same step",
+            "W_L = W_out W_U, norm per frequency: drag the slider; the key frequencies stand out as the circuit forms.",
+        ).figure(norms_figure(a, b))
     path = Path(out)
     page.write(path)
     return path

@@ -34,8 +34,9 @@ def shade_phases(fig: go.Figure, phases: dict, rows_cols: list[tuple[int, int]] 
             continue
         for row, col in targets:
             label = {"annotation_text": PHASE_NAMES[i], "annotation_position": "top left", "annotation_font_size": 10}
-            fig.add_vrect(x0=x0, x1=x1, fillcolor=PHASE_COLOURS[i], line_width=0, layer="below", row=row, col=col,
-                          **(label if (row, col) == targets[0] else {}))
+            fig.add_vrect(
+                x0=x0, x1=x1, fillcolor=PHASE_COLOURS[i], line_width=0, layer="below", row=row, col=col, **(label if (row, col) == targets[0] else {})
+            )
 
 
 def step_slider(steps: list[int], traces_per_step: int, prefix: str = "step ") -> list[dict]:
@@ -73,7 +74,9 @@ class Page:
 
     def write(self, path: Path) -> None:
         body = "\n".join(self.parts)
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
-                f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>")
+        page = (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
+            f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>"
+        )
         atomic_write(path, page.encode())

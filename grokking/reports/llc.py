@@ -18,17 +18,21 @@ from plotly.subplots import make_subplots
 from grokking.reports.html import Page, shade_phases
 from grokking.store import RunDir
 
-LLC_NOTE = ("Local learning coefficient (devinterp SGLD estimate; mean and std over chains; settings in llc.json). "
-            "Higher means a more complex local geometry of the loss around the checkpoint.")
+LLC_NOTE = (
+    "Local learning coefficient (devinterp SGLD estimate; mean and std over chains; settings in llc.json). "
+    "Higher means a more complex local geometry of the loss around the checkpoint."
+)
 
 
 def llc_figure(llc: pd.DataFrame, others: dict[str, pd.Series], phases: dict | None = None) -> go.Figure:
     """The LLC over steps in the top panel; below it one panel per series in `others` (indexed by step)."""
     rows = 1 + len(others)
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=("LLC", *others))
-    fig.add_trace(go.Scatter(x=llc.step, y=llc.llc_mean, mode="lines+markers", name="LLC",
-                             error_y={"type": "data", "array": llc.llc_std, "visible": True}), row=1, col=1)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=("LLC", *others))
+    fig.add_trace(
+        go.Scatter(x=llc.step, y=llc.llc_mean, mode="lines+markers", name="LLC", error_y={"type": "data", "array": llc.llc_std, "visible": True}),
+        row=1,
+        col=1,
+    )
     for i, (name, series) in enumerate(others.items(), start=2):
         fig.add_trace(go.Scatter(x=series.index, y=series.values, mode="lines", name=name), row=i, col=1)
         if name.endswith("loss"):
@@ -50,8 +54,12 @@ def run_llc_figure(run_dir: str | os.PathLike[str]) -> go.Figure | None:
     summary = run.read_json(run.analysis_summary_path) if run.analysis_summary_path.is_file() else {}
     metrics = run.read_metrics_table().set_index("step")
     others = {}
-    for name, table, column in (("train loss", analysis, "train_loss"), ("test loss", analysis, "test_loss"),
-                                ("gen accuracy", metrics, "gen_acc"), ("tscore", analysis, "tscore")):
+    for name, table, column in (
+        ("train loss", analysis, "train_loss"),
+        ("test loss", analysis, "test_loss"),
+        ("gen accuracy", metrics, "gen_acc"),
+        ("tscore", analysis, "tscore"),
+    ):
         if column in table and not (name.endswith("loss") and "gen_acc" in metrics):
             others[name] = table[column].dropna()
     return llc_figure(llc, others, summary.get("phases"))
@@ -77,8 +85,11 @@ def calibration_figure(table: pd.DataFrame, traces: pd.DataFrame) -> go.Figure:
         for c, lr in enumerate(lrs, start=1):
             cell = traces[(traces.lr == lr) & (traces.localization == loc)]
             for chain, chain_trace in cell.groupby("chain"):
-                fig.add_trace(go.Scatter(x=chain_trace.sgld_step, y=chain_trace.loss, mode="lines", line={"width": 1},
-                                         name=f"chain {chain}", showlegend=False), row=r, col=c)
+                fig.add_trace(
+                    go.Scatter(x=chain_trace.sgld_step, y=chain_trace.loss, mode="lines", line={"width": 1}, name=f"chain {chain}", showlegend=False),
+                    row=r,
+                    col=c,
+                )
             init = table[(table.lr == lr) & (table.localization == loc)].init_loss.iloc[0]
             fig.add_hline(y=init, line_dash="dot", line_color="black", row=r, col=c)
     fig.update_annotations(font_size=10)
@@ -92,12 +103,22 @@ def write_calibration_page(run_dir: str | os.PathLike[str], step: int) -> Path:
     table = run.read_table(run.llc_calibration_path, command="grokking llc-calibrate")
     traces = run.read_table(run.llc_calibration_traces_path, command="grokking llc-calibrate")
     page = Page(f"LLC calibration: {run.path.name}, step {step}")
-    page.section("Settings", "One LLC estimate per step size (lr, columns) and localization (γ, rows). drift: the rise of the "
-                 "mean loss over the last quarter of the draws as a fraction of its whole rise (near 0: the chains levelled off).")
-    page.table({f"lr {r.lr:g}, γ {r.localization:g}": f"LLC {r.llc_mean:.4g} ± {r.llc_std:.2g}, drift {r.drift:.2f}, {r.seconds:.0f} s"
-                for r in table.itertuples()})
-    page.section("Loss trace per chain", "Dotted: the checkpoint's own loss. A usable setting rises and levels off; a trace "
-                 "still climbing at the end has not converged, one that explodes has too large a step.")
+    page.section(
+        "Settings",
+        "One LLC estimate per step size (lr, columns) and localization (γ, rows). drift: the rise of the "
+        "mean loss over the last quarter of the draws as a fraction of its whole rise (near 0: the chains levelled off).",
+    )
+    page.table(
+        {
+            f"lr {r.lr:g}, γ {r.localization:g}": f"LLC {r.llc_mean:.4g} ± {r.llc_std:.2g}, drift {r.drift:.2f}, {r.seconds:.0f} s"
+            for r in table.itertuples()
+        }
+    )
+    page.section(
+        "Loss trace per chain",
+        "Dotted: the checkpoint's own loss. A usable setting rises and levels off; a trace "
+        "still climbing at the end has not converged, one that explodes has too large a step.",
+    )
     page.figure(calibration_figure(table, traces))
     page.write(run.llc_calibration_page_path)
     return run.llc_calibration_page_path

@@ -48,9 +48,15 @@ from grokking.reports.html import Page, step_slider
 from grokking.store import RunDir, write_csv
 
 LABELS = {
-    "test_exact_match": "exact match", "test_per_token_acc": "per-token accuracy", "test_edit_distance": "token edit distance",
-    "test_log_likelihood": "log-likelihood (nats/token)", "test_brier": "Brier score", "test_acc": "test accuracy",
-    "restricted_loss": "restricted loss", "excluded_loss": "excluded loss (train)", "test_loss": "test loss",
+    "test_exact_match": "exact match",
+    "test_per_token_acc": "per-token accuracy",
+    "test_edit_distance": "token edit distance",
+    "test_log_likelihood": "log-likelihood (nats/token)",
+    "test_brier": "Brier score",
+    "test_acc": "test accuracy",
+    "restricted_loss": "restricted loss",
+    "excluded_loss": "excluded loss (train)",
+    "test_loss": "test loss",
 }
 
 
@@ -68,9 +74,17 @@ def scale_figure(sweep: ScaleSweep, metrics: list[str]) -> go.Figure:
     fig = make_subplots(rows=math.ceil(n / cols), cols=cols, subplot_titles=[label(m) for m in metrics])
     for i, (step, table) in enumerate(tables.items()):
         for j, metric in enumerate(metrics):
-            fig.add_scatter(x=table.index, y=table[metric], error_y={"type": "data", "array": table[f"{metric}_std"]},
-                            mode="lines+markers", name=label(metric), showlegend=False, visible=i == len(steps) - 1,
-                            row=j // cols + 1, col=j % cols + 1)
+            fig.add_scatter(
+                x=table.index,
+                y=table[metric],
+                error_y={"type": "data", "array": table[f"{metric}_std"]},
+                mode="lines+markers",
+                name=label(metric),
+                showlegend=False,
+                visible=i == len(steps) - 1,
+                row=j // cols + 1,
+                col=j % cols + 1,
+            )
     fig.update_xaxes(type="log", title_text=sweep.axis)
     fig.update_layout(height=330 * math.ceil(n / cols), sliders=step_slider(steps, n, prefix="training step "))
     return fig
@@ -79,8 +93,9 @@ def scale_figure(sweep: ScaleSweep, metrics: list[str]) -> go.Figure:
 def length_figure(means: pd.DataFrame, axis: str) -> go.Figure:
     """Exact match (log scale) and edit distance of the length-L answer prefix against L, one line per scale."""
     lengths = target_lengths(means.columns)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("exact match of the first L answer tokens (log scale)",
-                                                        "edit distance of the first L answer tokens"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("exact match of the first L answer tokens (log scale)", "edit distance of the first L answer tokens")
+    )
     for scale, row in means.iterrows():
         common = {"legendgroup": str(scale), "mode": "lines+markers", "name": f"{axis}={scale}"}
         fig.add_scatter(x=lengths, y=[row[f"test_exact_match_L{n}"] for n in lengths], row=1, col=1, **common)
@@ -92,9 +107,11 @@ def length_figure(means: pd.DataFrame, axis: str) -> go.Figure:
 
 
 def _score_rows(scores: pd.DataFrame, axis: str) -> dict[str, str]:
-    return {label(r.metric): f"{r.emergence_score:+.3g}   ({r.first:.3g} -> {r.last:.3g}, {'higher' if r.direction > 0 else 'lower'} "
-                             f"is better; 10% / 50% / 90% of its rise by {axis} {r.x_10:g} / {r.x_50:g} / {r.x_90:g})"
-            for r in scores.itertuples()}
+    return {
+        label(r.metric): f"{r.emergence_score:+.3g}   ({r.first:.3g} -> {r.last:.3g}, {'higher' if r.direction > 0 else 'lower'} "
+        f"is better; 10% / 50% / 90% of its rise by {axis} {r.x_10:g} / {r.x_50:g} / {r.x_90:g})"
+        for r in scores.itertuples()
+    }
 
 
 def write_sweep_lens(path: str | os.PathLike[str]) -> Path:
@@ -102,29 +119,49 @@ def write_sweep_lens(path: str | os.PathLike[str]) -> Path:
     sweep, headline, means, scores, fits = lens.data, lens.headline, lens.means, lens.scores, lens.fits
     path = sweep.path
     page = Page(f"Metric lens over scale: {sweep.sweep.preset} sweep over {sweep.axis}")
-    page.section("Summary").table({
-        "sweep directory": str(path.resolve()), "scale key": sweep.axis, "scales": ", ".join(map(str, means.index)),
-        "finished runs (per scale)": ", ".join(f"{s}: {int(c)}" for s, c in means.n_runs.items()),
-        "skipped runs": ", ".join(f"{k} ({v})" for k, v in sweep.skipped.items()) or "none",
-        **({"warning": f"only {len(means)} scales: with fewer than 4 the emergence score's median step includes the "
-                       "jump itself, so it cannot tell a jump from a line"} if len(means) < 4 else {}),
-    })
-    page.section("Emergence score of each metric over scale",
-                 "BIG-Bench breakthroughness of the seed-mean final value, on the metric oriented so that better is up "
-                 "(edit distance and Brier negated). About n - 1 for a straight line over n scales; large means a jump.")
+    page.section("Summary").table(
+        {
+            "sweep directory": str(path.resolve()),
+            "scale key": sweep.axis,
+            "scales": ", ".join(map(str, means.index)),
+            "finished runs (per scale)": ", ".join(f"{s}: {int(c)}" for s, c in means.n_runs.items()),
+            "skipped runs": ", ".join(f"{k} ({v})" for k, v in sweep.skipped.items()) or "none",
+            **(
+                {
+                    "warning": f"only {len(means)} scales: with fewer than 4 the emergence score's median step includes the "
+                    "jump itself, so it cannot tell a jump from a line"
+                }
+                if len(means) < 4
+                else {}
+            ),
+        }
+    )
+    page.section(
+        "Emergence score of each metric over scale",
+        "BIG-Bench breakthroughness of the seed-mean final value, on the metric oriented so that better is up "
+        "(edit distance and Brier negated). About n - 1 for a straight line over n scales; large means a jump.",
+    )
     page.table(_score_rows(scores[scores.metric.isin(headline)], sweep.axis))
-    page.section("The same outputs under each metric",
-                 "Final checkpoint by default; the slider replays the comparison at every evaluation step the runs share. "
-                 "Error bars: standard deviation over seeds.").figure(scale_figure(sweep, headline))
+    page.section(
+        "The same outputs under each metric",
+        "Final checkpoint by default; the slider replays the comparison at every evaluation step the runs share. "
+        "Error bars: standard deviation over seeds.",
+    ).figure(scale_figure(sweep, headline))
     if lens.has_lengths:
-        page.section("Accuracy and edit distance against target length",
-                     "Target length L = the first L answer tokens (least-significant digit first, i.e. L-digit addition mod 10^L). "
-                     "Mirage prediction: exact match falls geometrically in L (a straight line on the log axis), edit distance grows linearly.")
+        page.section(
+            "Accuracy and edit distance against target length",
+            "Target length L = the first L answer tokens (least-significant digit first, i.e. L-digit addition mod 10^L). "
+            "Mirage prediction: exact match falls geometrically in L (a straight line on the log axis), edit distance grows linearly.",
+        )
         page.figure(length_figure(means, sweep.axis))
-        page.table({f"{sweep.axis}={s}": f"ln(exact match) vs L: slope {f.acc_log_slope:+.3f} (p = {f.acc_per_token_from_slope:.3f} per token), "
-                                         f"R^2 {f.acc_log_r2:.3f} over {int(f.acc_log_points)} lengths; linear-in-L R^2 {f.acc_linear_r2:.3f} | "
-                                         f"edit distance vs L: slope {f.edit_slope:+.3f}, R^2 {f.edit_r2:.3f}"
-                    for s, f in fits.iterrows()})
+        page.table(
+            {
+                f"{sweep.axis}={s}": f"ln(exact match) vs L: slope {f.acc_log_slope:+.3f} (p = {f.acc_per_token_from_slope:.3f} per token), "
+                f"R^2 {f.acc_log_r2:.3f} over {int(f.acc_log_points)} lengths; linear-in-L R^2 {f.acc_linear_r2:.3f} | "
+                f"edit distance vs L: slope {f.edit_slope:+.3f}, R^2 {f.edit_r2:.3f}"
+                for s, f in fits.iterrows()
+            }
+        )
     page.write(path / METRIC_LENS_PAGE)
     write_csv(path / METRIC_LENS_TABLE, scores.assign(axis=sweep.axis))
     write_csv(path / METRIC_LENS_BY_SCALE, means.join(fits).reset_index())
@@ -138,8 +175,9 @@ def time_figure(table: pd.DataFrame, metrics: list[str], scores: pd.DataFrame) -
     """Each metric over training steps in its own panel, titled with its emergence score over time."""
     by_metric = scores.set_index("metric").emergence_score
     cols = 2
-    fig = make_subplots(rows=math.ceil(len(metrics) / cols), cols=cols,
-                        subplot_titles=[f"{label(m)}: emergence score {by_metric[m]:+.3g}" for m in metrics])
+    fig = make_subplots(
+        rows=math.ceil(len(metrics) / cols), cols=cols, subplot_titles=[f"{label(m)}: emergence score {by_metric[m]:+.3g}" for m in metrics]
+    )
     for j, metric in enumerate(metrics):
         fig.add_scatter(x=table.step, y=table[metric], name=label(metric), mode="lines", row=j // cols + 1, col=j % cols + 1)
         if metric.endswith("loss") and (table[metric] > 0).all():
@@ -155,12 +193,14 @@ def write_run_lens(path: str | os.PathLike[str], page_name: str = METRIC_LENS_PA
     lens = time_lens(run)
     page = Page(f"Metric lens over training time: {run.path.name}")
     page.section("Summary").table({"run directory": str(run.path.resolve()), "run": lens.description})
-    page.section("Emergence score of each metric over training steps",
-                 "BIG-Bench breakthroughness over checkpoints, on the metric oriented so that progress is up (losses negated, "
-                 "except excluded loss, which rises as the circuit replaces memorisation). A straight line over n checkpoints "
-                 "scores about n - 1. Over training most checkpoints sit on plateaus, so the median step is tiny and a metric "
-                 "that flattens early (restricted loss near zero) can score in the thousands: read the score together with "
-                 "the steps at which each metric has covered 10%, 50% and 90% of its rise.")
+    page.section(
+        "Emergence score of each metric over training steps",
+        "BIG-Bench breakthroughness over checkpoints, on the metric oriented so that progress is up (losses negated, "
+        "except excluded loss, which rises as the circuit replaces memorisation). A straight line over n checkpoints "
+        "scores about n - 1. Over training most checkpoints sit on plateaus, so the median step is tiny and a metric "
+        "that flattens early (restricted loss near zero) can score in the thousands: read the score together with "
+        "the steps at which each metric has covered 10%, 50% and 90% of its rise.",
+    )
     page.table(_score_rows(lens.scores, "step"))
     page.section("The metrics over training").figure(time_figure(lens.table, lens.metrics, lens.scores))
     page.write(run.path / page_name)

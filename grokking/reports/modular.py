@@ -60,8 +60,16 @@ def fourier_norms_figure(norms: pd.DataFrame, max_steps: int = 60) -> go.Figure:
         at = norms[norms.step == step]
         for col, matrix in ((1, "W_E"), (2, "W_L")):
             m = at[at.matrix == matrix]
-            fig.add_bar(x=m.k, y=m.norm, name=f"{matrix}", visible=i == last, showlegend=False, row=1, col=col,
-                        marker_color="#1f77b4" if matrix == "W_E" else "#ff7f0e")
+            fig.add_bar(
+                x=m.k,
+                y=m.norm,
+                name=f"{matrix}",
+                visible=i == last,
+                showlegend=False,
+                row=1,
+                col=col,
+                marker_color="#1f77b4" if matrix == "W_E" else "#ff7f0e",
+            )
     fig.update_xaxes(title_text="frequency k (0 = constant)")
     fig.update_layout(height=450, sliders=step_slider(steps, 2))
     return fig
@@ -71,8 +79,7 @@ def cluster_figure(summary: dict) -> go.Figure:
     sizes = summary.get("neuron_cluster_sizes", {})
     labels = ["unclustered" if k == "-1" else f"k={k}" for k in sizes]
     fig = go.Figure(go.Bar(x=labels, y=list(sizes.values())))
-    fig.update_layout(title="MLP neurons by the frequency that explains them (final checkpoint)", height=380,
-                      yaxis_title="neurons")
+    fig.update_layout(title="MLP neurons by the frequency that explains them (final checkpoint)", height=380, yaxis_title="neurons")
     return fig
 
 
@@ -85,8 +92,7 @@ def maps_figure(maps: dict[str, np.ndarray], key: str, labels: list[str], title:
     last = len(steps) - 1
     for i in range(len(steps)):
         for j in range(n_items):
-            fig.add_heatmap(z=np.round(grids[i, j], 3), visible=i == last, showscale=j == n_items - 1,
-                            coloraxis="coloraxis", row=1, col=j + 1)
+            fig.add_heatmap(z=np.round(grids[i, j], 3), visible=i == last, showscale=j == n_items - 1, coloraxis="coloraxis", row=1, col=j + 1)
     fig.update_xaxes(title_text="b")
     fig.update_yaxes(title_text="a", row=1, col=1)
     fig.update_layout(title=title, height=380, sliders=step_slider(steps, n_items), coloraxis={"colorscale": "RdBu_r"})
@@ -127,8 +133,10 @@ def _key_frequency_text(summary: dict) -> str:
     if not check.get("generalises", True):
         return f"{chosen}; the final model does not beat chance on the test set, so there is no circuit to check them against"
     verdict = "explain" if check["explained"] else "do NOT explain"
-    return (f"{chosen}; they {verdict} the final logits: restricted loss {check['restricted_loss']:.3g} vs test loss "
-            f"{check['test_loss']:.3g} (target: within {check['factor']:g}x)")
+    return (
+        f"{chosen}; they {verdict} the final logits: restricted loss {check['restricted_loss']:.3g} vs test loss "
+        f"{check['test_loss']:.3g} (target: within {check['factor']:g}x)"
+    )
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -140,34 +148,49 @@ def write_report(run_dir: str | Path) -> Path:
     final = table.iloc[-1]
     page = Page(f"Grokking report: {config.preset or run.path.name} (p={config.task.p}, seed {config.train.seed})")
     applicable = summary.get("fourier_applicable", True)
-    fourier_rows = {
-        "key frequencies (rule per key)": _key_frequency_text(summary),
-        "key frequencies (W_E norms >= half the largest)": summary.get("key_frequencies_from_embedding"),
-    } if applicable else {"Fourier measures": summary.get("fourier_note")}
-    page.section("Summary").table({
-        "run directory": str(run.path.resolve()),
-        "operation": config.task.operation,
-        "checkpoints analysed": len(table),
-        "final step": int(final.step),
-        "final train / test accuracy": f"{final.train_acc:.2%} / {final.test_acc:.2%}",
-        "final train / test loss": f"{final.train_loss:.3g} / {final.test_loss:.3g}",
-        **fourier_rows,
-        "phase boundaries": f"memorisation ends {phases['memorisation_end']}, circuit formation ends "
-                            f"{phases['circuit_formation_end']}, cleanup ends {phases['cleanup_end']}",
-        "skipped checkpoints": ", ".join(summary.get("skipped", {})) or "none",
-    })
-    page.section("Loss and accuracy", "Shaded: the phases found by grokking.analysis.phases (rule in its docstring).").figure(loss_figure(table, phases))
+    fourier_rows = (
+        {
+            "key frequencies (rule per key)": _key_frequency_text(summary),
+            "key frequencies (W_E norms >= half the largest)": summary.get("key_frequencies_from_embedding"),
+        }
+        if applicable
+        else {"Fourier measures": summary.get("fourier_note")}
+    )
+    page.section("Summary").table(
+        {
+            "run directory": str(run.path.resolve()),
+            "operation": config.task.operation,
+            "checkpoints analysed": len(table),
+            "final step": int(final.step),
+            "final train / test accuracy": f"{final.train_acc:.2%} / {final.test_acc:.2%}",
+            "final train / test loss": f"{final.train_loss:.3g} / {final.test_loss:.3g}",
+            **fourier_rows,
+            "phase boundaries": f"memorisation ends {phases['memorisation_end']}, circuit formation ends "
+            f"{phases['circuit_formation_end']}, cleanup ends {phases['cleanup_end']}",
+            "skipped checkpoints": ", ".join(summary.get("skipped", {})) or "none",
+        }
+    )
+    page.section("Loss and accuracy", "Shaded: the phases found by grokking.analysis.phases (rule in its docstring).").figure(
+        loss_figure(table, phases)
+    )
     if not applicable:
         page.section("Fourier measures: not applicable", summary.get("fourier_note"))
         page.write(run.report_path)
         return run.report_path
-    page.section("Progress measures", "Restricted loss keeps only the key-frequency components of the logits; excluded loss removes them "
-                 "and is measured on the training data. Restricted loss falls, and excluded loss rises, before the test loss drops.")
+    page.section(
+        "Progress measures",
+        "Restricted loss keeps only the key-frequency components of the logits; excluded loss removes them "
+        "and is measured on the training data. Restricted loss falls, and excluded loss rises, before the test loss drops.",
+    )
     page.figure(progress_figure(table, phases))
-    page.section("Fourier norms of W_E and W_L", "Drag the slider through training: the norms concentrate on the key frequencies.").figure(fourier_norms_figure(norms))
+    page.section("Fourier norms of W_E and W_L", "Drag the slider through training: the norms concentrate on the key frequencies.").figure(
+        fourier_norms_figure(norms)
+    )
     page.section("Neuron clusters").figure(cluster_figure(summary))
-    page.section("Attention and neuron activations over (a, b)", "Attention from '=' to the first operand per head, and one neuron per key "
-                 "frequency; the slider moves through training.")
+    page.section(
+        "Attention and neuron activations over (a, b)",
+        "Attention from '=' to the first operand per head, and one neuron per key frequency; the slider moves through training.",
+    )
     page.figure(maps_figure(maps, "attention_to_a", [f"head {h}" for h in range(maps["attention_to_a"].shape[1])], "attention '=' -> a"))
     page.figure(maps_figure(maps, "neuron_acts", [f"neuron {n}" for n in maps["neurons"].tolist()], "neuron activations"))
     page.section("Logit structure").figure(cos_coefficient_figure(table, phases, config.task.operation))

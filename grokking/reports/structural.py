@@ -26,20 +26,31 @@ def accuracy_figure(metrics: pd.DataFrame, stopping: EarlyStopping | None) -> go
     fig.add_scatter(x=metrics.step, y=metrics.val_acc, name="in-distribution (val) accuracy")
     fig.add_scatter(x=metrics.step, y=metrics.gen_acc, name="generalisation (gen) accuracy")
     if stopping:
-        fig.add_vline(x=stopping.step_at_max_val, line_dash="dash", line_color="grey",
-                      annotation_text=f"early stop (max val): gen {stopping.gen_at_max_val:.0%}")
-        fig.add_vline(x=stopping.step_at_patience_stop, line_dash="dot", line_color="grey",
-                      annotation_text=f"patience {stopping.patience}: gen {stopping.gen_at_patience_stop:.0%}",
-                      annotation_position="bottom right")
+        fig.add_vline(
+            x=stopping.step_at_max_val,
+            line_dash="dash",
+            line_color="grey",
+            annotation_text=f"early stop (max val): gen {stopping.gen_at_max_val:.0%}",
+        )
+        fig.add_vline(
+            x=stopping.step_at_patience_stop,
+            line_dash="dot",
+            line_color="grey",
+            annotation_text=f"patience {stopping.patience}: gen {stopping.gen_at_patience_stop:.0%}",
+            annotation_position="bottom right",
+        )
     fig.update_layout(title="accuracy over training", xaxis_title="step", yaxis_range=[0, 1.02], height=420)
     return fig
 
 
 def measures_figure(table: pd.DataFrame) -> go.Figure:
-    panels = [("weight_norm", "weight norm (L2, all parameters)"), ("tscore", "tscore (tree-structuredness)"),
-              ("attn_sparsity", "attention sparsity, per head (-entropy per head and token, mean)"),
-              ("attn_sparsity_headavg", "attention sparsity, released code (-entropy of head-averaged attention, summed per sentence)"),
-              ("tparseval", "tparseval (bracketing F1 vs gold)")]
+    panels = [
+        ("weight_norm", "weight norm (L2, all parameters)"),
+        ("tscore", "tscore (tree-structuredness)"),
+        ("attn_sparsity", "attention sparsity, per head (-entropy per head and token, mean)"),
+        ("attn_sparsity_headavg", "attention sparsity, released code (-entropy of head-averaged attention, summed per sentence)"),
+        ("tparseval", "tparseval (bracketing F1 vs gold)"),
+    ]
     fig = make_subplots(rows=3, cols=2, subplot_titles=[t for _, t in panels])
     for i, (col, _) in enumerate(panels):
         if col in table:
@@ -71,8 +82,12 @@ def sci_figure(trees: dict) -> go.Figure:
         chart = np.array(trees[step]["chart"], dtype=float)
         chart[np.tril_indices_from(chart, -1)] = np.nan
         fig.add_heatmap(z=chart, x=words, y=words, visible=i == len(steps) - 1, colorscale="Viridis", zmin=0, zmax=1)
-    fig.update_layout(title="SCI chart: span (start row, end column) contextual invariance", height=520,
-                      yaxis_autorange="reversed", sliders=step_slider([int(s) for s in steps], 1))
+    fig.update_layout(
+        title="SCI chart: span (start row, end column) contextual invariance",
+        height=520,
+        yaxis_autorange="reversed",
+        sliders=step_slider([int(s) for s in steps], 1),
+    )
     return fig
 
 
@@ -98,18 +113,25 @@ def write_structural_report(run_dir: str | os.PathLike[str], patience: int = 5) 
     summary = run.read_json(run.analysis_summary_path)
     config = run.read_config()
     stopping = early_stopping(metrics, patience) if "gen_acc" in metrics else None
-    page = Page(f"Structural grokking report: {config.preset or run.path.name} "
-                f"({config.task.task}, {config.model.n_layers} layers, seed {config.train.seed})")
+    page = Page(
+        f"Structural grokking report: {config.preset or run.path.name} ({config.task.task}, {config.model.n_layers} layers, seed {config.train.seed})"
+    )
     final = table.iloc[-1]
-    page.section("Summary").table({
-        "run directory": str(run.path.resolve()), "checkpoints analysed": len(table), "final step": int(final.step),
-        "final val / gen accuracy": f"{final.get('val_acc', float('nan')):.1%} / {final.get('gen_acc', float('nan')):.1%}",
-        "analysis sample": f"{summary.get('sample')} random training examples (seed {summary.get('sample_seed', 'n/a')}), "
-                           f"{summary.get('sample_declaratives', 'n/a')} declaratives projected",
-    })
-    page.section("Early stopping vs extended training",
-                 "Where early stopping on in-distribution validation accuracy would have left this run (dashed: first "
-                 f"maximum; dotted: no new best for {patience} evaluations), against training on.")
+    page.section("Summary").table(
+        {
+            "run directory": str(run.path.resolve()),
+            "checkpoints analysed": len(table),
+            "final step": int(final.step),
+            "final val / gen accuracy": f"{final.get('val_acc', float('nan')):.1%} / {final.get('gen_acc', float('nan')):.1%}",
+            "analysis sample": f"{summary.get('sample')} random training examples (seed {summary.get('sample_seed', 'n/a')}), "
+            f"{summary.get('sample_declaratives', 'n/a')} declaratives projected",
+        }
+    )
+    page.section(
+        "Early stopping vs extended training",
+        "Where early stopping on in-distribution validation accuracy would have left this run (dashed: first "
+        f"maximum; dotted: no new best for {patience} evaluations), against training on.",
+    )
     if stopping:
         page.table(early_stopping_table(stopping))
     page.figure(accuracy_figure(metrics, stopping))
@@ -117,8 +139,13 @@ def write_structural_report(run_dir: str | os.PathLike[str], patience: int = 5) 
     if run.analysis_trees_path.is_file():
         trees = run.read_json(run.analysis_trees_path)
         page.section("Tree projection of one sentence", "Induced (greedy, as the paper) and CKY trees next to the gold parse, per step.")
-        page.table({f"step {s}": f"greedy {t['brackets']['greedy']} | cky {t['brackets']['cky']} | gold {t['brackets']['gold']} "
-                                 f"| tparseval {t['tparseval']['greedy']:.2f}" for s, t in trees.items()})
+        page.table(
+            {
+                f"step {s}": f"greedy {t['brackets']['greedy']} | cky {t['brackets']['cky']} | gold {t['brackets']['gold']} "
+                f"| tparseval {t['tparseval']['greedy']:.2f}"
+                for s, t in trees.items()
+            }
+        )
         page.figure(sci_figure(trees))
     add_llc_section(page, run)
     page.write(run.report_path)

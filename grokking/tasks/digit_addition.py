@@ -75,9 +75,7 @@ class AdditionScore:
 
 
 @torch.no_grad()
-def answer_logits(
-    logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab = VOCAB, batch_size: int = 256
-) -> tuple[Tensor, Tensor, Tensor]:
+def answer_logits(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab = VOCAB, batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher-forced logits [N, T-1, V], the tokens they predict [N, T-1] and the answer-digit mask.
 
     Position t of the outputs predicts token t + 1; the mask covers the target digits, not `<eos>`.
@@ -91,9 +89,7 @@ def answer_logits(
     return logits[:, :-1].float(), enc.tokens[:, 1:], mask
 
 
-def score(
-    logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab = VOCAB, batch_size: int = 256
-) -> AdditionScore:
+def score(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab = VOCAB, batch_size: int = 256) -> AdditionScore:
     """Greedy-decode every answer (stopping at `<eos>` or one token past the target's length, so extra
     tokens count against edit distance) and score the same model under every metric of `metric_table`,
     plus exact match and edit distance of each answer prefix (`prefix_metrics`, the target-length lens);

@@ -130,9 +130,7 @@ def dyck_closing_correct(pred_closer: str, words: Sequence[str], close_idx: int)
 
 
 @torch.no_grad()
-def score(
-    logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab, batch_size: int = 256, min_distance: int = 10
-) -> dict[str, float]:
+def score(logits_fn: LogitsFn, examples: Sequence[Example], vocab: Vocab, batch_size: int = 256, min_distance: int = 10) -> dict[str, float]:
     """Teacher-forced: at every closing position, the argmax over closing brackets must be the right one.
 
     `acc` counts every closer (the released code); `acc_dist10` only those whose opener is at least
@@ -206,6 +204,7 @@ def stats_report(task: LMTask, directory: Path, n_reference: int = 20_000) -> li
     train = {" ".join(s) for s in data.get("train", [])}
     out = [f"{'split':<6} {'strings':>8} {'mean len':>8} {'max len':>7} {'mean depth':>10} {'TVD len':>8} {'TVD depth':>9} "
            f"{'unseen structure':>16} {'in train':>8}"]  # fmt: skip
+
     def share(hits: int, n: int, known: bool) -> str:
         return f"{100 * hits / n:.1f}%" if known else "-"
 

@@ -47,10 +47,7 @@ class Sampler:
     """
 
     def __init__(self, grammar: Grammar) -> None:
-        self._rules = {
-            lhs: ([rhs for _, rhs in rules], list(itertools.accumulate(w for w, _ in rules)))
-            for lhs, rules in grammar.items()
-        }
+        self._rules = {lhs: ([rhs for _, rhs in rules], list(itertools.accumulate(w for w, _ in rules))) for lhs, rules in grammar.items()}
 
     def sample(self, rng: random.Random, symbol: str = "ROOT") -> Tree:
         rules = self._rules.get(symbol)

@@ -105,8 +105,14 @@ def _relu_net(xs: Tensor, d_active: int, gen: torch.Generator) -> tuple[Tensor, 
 
 
 def sample_family(
-    family: str, xs: Tensor, gen: torch.Generator, *, d_active: int | None = None, freq_range: tuple[float, float] = (0.5, 2.0),
-    sparsity: int = 3, a: float | None = None,
+    family: str,
+    xs: Tensor,
+    gen: torch.Generator,
+    *,
+    d_active: int | None = None,
+    freq_range: tuple[float, float] = (0.5, 2.0),
+    sparsity: int = 3,
+    a: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Targets [b, n] and family basis [b, n, m] of one function per prompt of `xs` [b, n, d].
 
@@ -200,8 +206,7 @@ class ICLTask:
                 ys[rows] = sample_family(name, xs[rows], gen, d_active=d_active, freq_range=self.freq_range, sparsity=self.sparsity)[0]
         return Prompts(xs, ys, xs, family)  # training needs no basis
 
-    def prompts(self, family: str, gen: torch.Generator, *, freq: float | None = None, a: float | None = None,
-                x_scale: float = 1.0) -> Prompts:
+    def prompts(self, family: str, gen: torch.Generator, *, freq: float | None = None, a: float | None = None, x_scale: float = 1.0) -> Prompts:
         """`eval_examples` full-size prompts of one family (optionally a fixed frequency, a combination weight, scaled x)."""
         xs = sample_inputs(self.eval_examples, self.n_points, self.n_dims, gen, scale=x_scale)
         freqs = self.freq_range if freq is None else (freq, freq)
@@ -250,8 +255,14 @@ def from_config(t: TaskConfig) -> ICLTask:
     """The task of a validated config."""
     families = parse_families(t.families)
     return ICLTask(
-        families=families, weights=parse_weights(families, t.family_weights), n_dims=t.n_dims, n_points=t.n_points,
-        freq_range=(t.freq_min, t.freq_max), sparsity=t.sparsity,
+        families=families,
+        weights=parse_weights(families, t.family_weights),
+        n_dims=t.n_dims,
+        n_points=t.n_points,
+        freq_range=(t.freq_min, t.freq_max),
+        sparsity=t.sparsity,
         curriculum=Curriculum(t.n_dims, t.n_points, t.d_start, t.points_start, t.curriculum_every, t.d_step, t.points_step),
-        eval_examples=t.eval_examples, eval_x_scale=t.eval_x_scale, data_seed=t.data_seed,
+        eval_examples=t.eval_examples,
+        eval_x_scale=t.eval_x_scale,
+        data_seed=t.data_seed,
     )

@@ -192,13 +192,16 @@ def _noun_phrase(n: str, kind: str, inner: str, rc_aux: Callable[[str], Slot]) -
     """Slots of `Det N_n` with modifier `kind`; `inner` is the number of an object-gap clause's noun,
     `rc_aux(number)` the auxiliaries a relative clause may take."""
     head = [DETS, _NOUNS[n]]
-    return head + {
-        "none": [],
-        "PP": [PREPS, DETS, NOUNS_SG + NOUNS_PL],
-        "RC-subj-gap/intr": [RELS, rc_aux(n), VERBS_INTRANS],
-        "RC-subj-gap/trans": [RELS, rc_aux(n), VERBS_TRANS, DETS, NOUNS_SG + NOUNS_PL],
-        "RC-obj-gap": [RELS, DETS, _NOUNS[inner], rc_aux(inner), VERBS_TRANS],
-    }[kind]
+    return (
+        head
+        + {
+            "none": [],
+            "PP": [PREPS, DETS, NOUNS_SG + NOUNS_PL],
+            "RC-subj-gap/intr": [RELS, rc_aux(n), VERBS_INTRANS],
+            "RC-subj-gap/trans": [RELS, rc_aux(n), VERBS_TRANS, DETS, NOUNS_SG + NOUNS_PL],
+            "RC-obj-gap": [RELS, DETS, _NOUNS[inner], rc_aux(inner), VERBS_TRANS],
+        }[kind]
+    )
 
 
 def _frames(t: Template, rule: str) -> Frames:

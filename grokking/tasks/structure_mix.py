@@ -198,8 +198,9 @@ def published_weights(stem: str, space: Space, split: str) -> dict[Template, flo
     return fit(lengths, CELLS[name], WORDS[name])
 
 
-def draw_published(task: str, stem: str, seed: int, sizes: Mapping[str, int],
-                   spaces: Mapping[str, Space]) -> dict[str, list[tuple[Template, list[str]]]]:
+def draw_published(
+    task: str, stem: str, seed: int, sizes: Mapping[str, int], spaces: Mapping[str, Space]
+) -> dict[str, list[tuple[Template, list[str]]]]:
     """`draw` at the published mix: gen under the gen rule, every other split under the in-distribution
     rule, each split weighted against its published table `stem`.SPLIT, seeded by task and seed."""
     rules = {s: "gen" if s == "gen" else "in" for s in sizes}
@@ -247,8 +248,10 @@ def compare(stem: str, mixes: Mapping[str, Mix]) -> list[str]:
     out = [f"{'split':<6} {'lines':>7}  {'published':<14} {'TVD cells':>9} {'TVD words':>9}   i.i.d. noise at this size (cells, words)"]
     for split, m in mixes.items():
         ref_cells, ref_words = columns[f"pub.{refs[split].split('.')[1]}"]
-        out.append(f"{split:<6} {m.n:>7}  {refs[split]:<14} {tvd(columns[split][0], ref_cells):>9.3f} "
-                   f"{tvd(columns[split][1], ref_words):>9.3f}   {sampling_noise(ref_cells, m.n):.3f}, {sampling_noise(ref_words, m.n):.3f}")
+        out.append(
+            f"{split:<6} {m.n:>7}  {refs[split]:<14} {tvd(columns[split][0], ref_cells):>9.3f} "
+            f"{tvd(columns[split][1], ref_words):>9.3f}   {sampling_noise(ref_cells, m.n):.3f}, {sampling_noise(ref_words, m.n):.3f}"
+        )
     header = "".join(f"{c:>9}" for c in columns)
     out += ["", f"{'subject modifier':<17} {'after the verb':<14} {'marker':<8}{header}"]
     for cell in sorted({c for cells, _ in columns.values() for c in cells}):

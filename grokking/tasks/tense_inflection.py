@@ -48,6 +48,7 @@ def past_form(base: str, number: str) -> str:
 
 def build_grammar(verb: VerbForm = present_form) -> Grammar:
     """McCoy et al.'s `tense.gr` (present tense); with `past_form`, the same sentences in the past."""
+
     def np(n: str) -> list[tuple[float, tuple[str, ...]]]:
         return [(1, ("Det", f"N_{n}")), (0.5, ("Det", f"N_{n}", "Prep", "Det", "N_sg")),
                 (0.5, ("Det", f"N_{n}", "Prep", "Det", "N_pl")), (1, ("Det", f"N_{n}", f"RC_{n}"))]  # fmt: skip

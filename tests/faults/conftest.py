@@ -97,8 +97,11 @@ def wait_for(path: Path, pid: int, timeout: float = 120.0) -> None:
 
 def files_of(root: Path) -> dict[str, bytes]:
     """Every file under `root` by relative path, except dot-files (the lock, temporaries)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
 
 
 def fill(disk: Path) -> Path:

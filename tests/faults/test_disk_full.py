@@ -38,8 +38,7 @@ def check_disk_full(error: UserError, path: Path, disk: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["checkpoint", "metrics"])
-def test_full_disk_stops_in_one_line_and_resumes_without_loss(case: str, small_disk: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_stops_in_one_line_and_resumes_without_loss(case: str, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if case == "checkpoint":
         # Filled after step 20's checkpoint; the small metrics.csv still has room in its page, step 40's checkpoint
         # (resume state first, then weights) has none.

@@ -39,8 +39,10 @@ def start_head():
     from ray.cluster_utils import Cluster
 
     try:
-        return Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "include_log_monitor": False,
-                                                             "_system_config": RAY_SYSTEM_CONFIG})
+        return Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False, "include_log_monitor": False, "_system_config": RAY_SYSTEM_CONFIG},
+        )
     except Exception as exc:
         raise RayDidNotStart(f"Ray's head node did not start ({exc}); load average {os.getloadavg()[0]:.1f}") from None
 
@@ -86,13 +88,16 @@ def sweep_on_cluster(spec, sweep_dir: Path, node_tmp: Path, log: Path) -> None:
         return
     hidden, ns = None, None
     try:
-        script = (f"mount -t tmpfs -o size=64k tmpfs {sweep_dir.parent} && exec {Path(sys.executable).parent / 'ray'} start "
-                  f"--address={cluster.address} --num-cpus=1 --block --disable-usage-stats")
+        script = (
+            f"mount -t tmpfs -o size=64k tmpfs {sweep_dir.parent} && exec {Path(sys.executable).parent / 'ray'} start "
+            f"--address={cluster.address} --num-cpus=1 --block --disable-usage-stats"
+        )
         env = {**os.environ, "TMPDIR": str(node_tmp), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         for _ in range(2):  # the same 15 s agent limit as the head's (see start_head)
             with open(log, "ab") as out:
-                hidden = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                                          stdout=out, stderr=out, env=env, start_new_session=True)
+                hidden = subprocess.Popen(
+                    ["unshare", "--mount", "--propagation", "private", "sh", "-c", script], stdout=out, stderr=out, env=env, start_new_session=True
+                )
             deadline = time.monotonic() + 120
             while len([n for n in cluster.global_state.node_table() if n["Alive"]]) < 2 and hidden.poll() is None:
                 assert time.monotonic() < deadline, "the hidden node did not join"

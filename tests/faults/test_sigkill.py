@@ -32,14 +32,12 @@ def kill_points() -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """The seeded kill points: (step, kind), in the order a run meets them."""
     rng = random.Random(SEED)
     tr = config().train
-    steps = {"metrics-torn": [s for s in range(tr.steps + 1) if s % tr.eval_every == 0 or s == tr.steps],
-             "update": list(range(tr.steps))}
+    steps = {"metrics-torn": [s for s in range(tr.steps + 1) if s % tr.eval_every == 0 or s == tr.steps], "update": list(range(tr.steps))}
     for kind in ("checkpoint-fsync", "checkpoint-rename", "resume-rename"):
         steps[kind] = [s for s in range(tr.steps + 1) if is_checkpoint_step(s, tr)]
     train = [(s, kind) for kind in (rng.choice(TRAIN_KINDS) for _ in range(TRAIN_KILLS)) for s in [rng.choice(steps[kind])]]
     analysis = [(rng.choice(steps["checkpoint-fsync"]), rng.choice(ANALYSIS_KINDS)) for _ in range(ANALYSIS_KILLS)]
-    return (sorted(train, key=lambda p: (p[0], TRAIN_KINDS.index(p[1]))),
-            sorted(analysis, key=lambda p: (p[0], ANALYSIS_KINDS.index(p[1]))))
+    return (sorted(train, key=lambda p: (p[0], TRAIN_KINDS.index(p[1]))), sorted(analysis, key=lambda p: (p[0], ANALYSIS_KINDS.index(p[1]))))
 
 
 def _fd_path(fd: int) -> str:
@@ -61,6 +59,7 @@ def train_killed_at(out: Path, step: int, kind: str) -> None:
 
         train_module.Trainer.update = update
     elif kind == "metrics-torn":
+
         def write(fd, data):
             if _fd_path(fd).endswith("metrics.csv") and bytes(data).startswith(f"{step},".encode()):
                 real_write(fd, bytes(data)[: len(data) // 2])
@@ -69,6 +68,7 @@ def train_killed_at(out: Path, step: int, kind: str) -> None:
 
         os.write = write
     elif kind == "checkpoint-fsync":
+
         def fsync(fd):
             if checkpoint_name(step) in _fd_path(fd):
                 die()
