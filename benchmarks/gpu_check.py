@@ -460,13 +460,16 @@ def run_check(out: Path, dry: bool, python: str, budget_s: float) -> dict[str, A
     )
     nanda.update(summarise_run(run_dir, nanda, 40 if dry else NANDA_STEPS))
     check.record("nanda_p113", nanda)
-    if (run_dir / "metrics.csv").is_file():
-        shutil.copy(run_dir / "metrics.csv", out / "nanda-p113-metrics.csv")
+    from grokking.store import RunDir
+
+    run = RunDir(run_dir)
+    if run.metrics_path.is_file():
+        shutil.copy(run.metrics_path, out / "nanda-p113-metrics.csv")
         analysis = check.run("nanda_p113_analyze", check.cli("analyze", str(run_dir)), cap_s=60, reserve_s=15 if "icl-paper" in PRESETS else 0)
-        if (run_dir / "analysis.json").is_file():
-            summary = json.loads((run_dir / "analysis.json").read_text())
+        if run.analysis_summary_path.is_file():
+            summary = json.loads(run.analysis_summary_path.read_text())
             analysis.update({k: summary.get(k) for k in ("key_frequencies", "phases")})
-            shutil.copy(run_dir / "analysis.json", out / "nanda-p113-analysis.json")
+            shutil.copy(run.analysis_summary_path, out / "nanda-p113-analysis.json")
         check.record("nanda_p113_analyze", analysis)
 
     if "icl-paper" in PRESETS:
@@ -484,7 +487,9 @@ def summarise_run(run_dir: Path, entry: dict[str, Any], planned_steps: int) -> d
     done = re.search(r"done: step (\d+), train acc ([\d.]+)%, test acc ([\d.]+)%, test loss (\S+) \((\d+) s\)", entry["output"])
     if done:
         result.update(training_s=int(done.group(5)), test_loss=float(done.group(4)))
-    metrics = run_dir / "metrics.csv"
+    from grokking.store import RunDir
+
+    metrics = RunDir(run_dir).metrics_path
     if metrics.is_file():
         import pandas as pd
 

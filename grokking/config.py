@@ -369,22 +369,22 @@ PRESETS: dict[str, tuple[str, Any]] = {
     "ti-paper": ("Murty et al. 2023 tense inflection: as qf-paper (GPU-sized)", lambda: _structural("tense-inflection", True)),
     "dyck-paper": ("Murty et al. 2023 Dyck-(20,10): as qf-paper, 400k steps (GPU-sized)", lambda: _structural("dyck", True)),
     "qf-cpu": (
-        "Question formation for a 2-core CPU: 8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps; does not reach "
-        "80% gen (docs/results/structural-cpu.md, structural-data.md)",
+        "Question formation for a 2-core CPU: 8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps; no structural "
+        "grokking measured: object-gap questions fail (docs/results/structural-data.md)",
         lambda: _structural("question-formation", False),
     ),
     "ti-cpu": (
-        "Tense inflection for a 2-core CPU: 4 layers d128, 6k steps; does not show structural grokking (docs/results/structural-cpu.md)",
+        "Tense inflection for a 2-core CPU: 4 layers d128, 6k steps; no structural grokking measured (docs/results/structural-data.md)",
         lambda: _structural("tense-inflection", False),
     ),
     "dyck-cpu": (
-        "Dyck-(20,10) for a 2-core CPU: as ti-cpu, 3k steps, training strings <= 64 tokens; no delay between val "
-        "and gen (docs/results/structural-cpu.md)",
+        "Dyck-(20,10) for a 2-core CPU: as ti-cpu, 3k steps, training strings <= 64 tokens; no delay measured between "
+        "val and gen (docs/results/structural-cpu.md)",
         lambda: _structural("dyck", False),
     ),
     "addition-cpu": (
-        "3-digit + 3-digit addition as a causal LM (answer least-significant digit first), 2 layers d64, "
-        "10k training / 500 test pairs, lr 3e-3, 1.5k steps: the metric-lens model; ~1 min on one core",
+        "3-digit + 3-digit addition as a causal LM (answer least-significant digit first), 2 layers d64, 1.5k steps: "
+        "the metric-lens model (docs/results/metric-lens.md)",
         _addition_cpu,
     ),
     "icl-paper": (
@@ -392,14 +392,10 @@ PRESETS: dict[str, tuple[str, Any]] = {
         lambda: _icl(True),
     ),
     "icl-cpu": (
-        "In-context functions, linear + sinusoid in d=1, 4 layers width 64, 16 points, batch 32, 5k steps: "
-        "22-28 min on one loaded CPU core. 2 seeds: picks the family (error at k=15: linear 0.005/0.010, least squares "
-        "exact; sinusoid 0.03, least squares 0.57) but fails in the middle of the convex combinations (0.38/0.33 at "
-        "a=0.25, 3-NN 0.17) and above the training frequencies (1.6-2.1 at omega 4-6). "
-        "docs/results/icl-functions.md",
+        "In-context functions, linear + sinusoid in d=1, 4 layers width 64, 16 points, batch 32, 5k steps (docs/results/icl-functions.md)",
         lambda: _icl(False),
     ),
-    "quick": ("Small modular addition (p=59, 30% train, lr 3e-3, 3.5k steps): memorises by step ~300, groks near step 2k; ~1 min on a CPU", _quick),
+    "quick": ("Small modular addition (p=59, 30% train, lr 3e-3, 3.5k steps): groks near step 2k, minutes on a CPU", _quick),
 }
 
 

@@ -97,7 +97,7 @@ def test_analysing_a_run_without_checkpoints_is_one_line(tmp_path: Path) -> None
     proc = subprocess.run(CLI + ["analyze", str(tmp_path / "r")], capture_output=True, text=True)
     assert proc.returncode == 2 and "has no checkpoints to analyse" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run(CLI + ["report", str(tmp_path / "missing")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+    assert proc.returncode == 2 and "no run directory at" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_analysis_skips_a_corrupt_checkpoint_and_says_so(tmp_path: Path) -> None:
