@@ -131,3 +131,9 @@ def test_real_curves_boundaries_and_robustness(name: str, p: int, run: pd.DataFr
     raw_at = dict(zip(run.step, run.test_loss))
     on_plateau = raw_at[hurt_phases.memorisation_end] >= 0.95 * run.test_loss.iloc[1:lasting].max()
     assert abs(hurt_phases.memorisation_end - phases.memorisation_end) <= eval_gap or on_plateau, name
+
+
+def test_a_run_below_chance_from_its_second_evaluation_has_no_memorisation_peak() -> None:
+    table = pd.DataFrame({"step": [0, 1000, 2000, 3000], "test_loss": [3.2, 1.0, 0.5, 0.4], "total_sq_weight_norm": [10.0, 12.0, 8.0, 6.0]})
+    phases = detect_phases(table, 23)  # ln 23 = 3.14: below chance from step 1,000 on
+    assert (phases.memorisation_end, phases.circuit_formation_end, phases.cleanup_end) == (None, 1000, 3000)

@@ -72,8 +72,9 @@ def detect_phases(table: pd.DataFrame, p: int) -> Phases:
     grok = first_lasting_below(smooth, math.log(p), start=1)
     # The peak is searched from the second evaluation on too: the running median's short window at the
     # start would otherwise make the initial, still-at-chance evaluation look like the top of a fall.
+    # A run already below chance at its second evaluation (sparse checkpoints) has no peak to find.
     search = smooth.iloc[min(1, len(table) - 1) : grok if grok is not None else len(table)]
-    memorisation_end = int(table.step[search.idxmax()])
+    memorisation_end = int(table.step[search.idxmax()]) if len(search) else None
     if grok is None:
         return Phases(memorisation_end, None, None)
     circuit_end = int(table.step[grok])
