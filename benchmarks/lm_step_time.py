@@ -17,7 +17,8 @@ attention) and divided by the step's CPU time, next to a large matmul's GFLOP pe
 Each time is given as wall clock and as this process's CPU time (`time.process_time`), which a
 loaded machine inflates less. `--eval` times one evaluation (`LMObjective.evaluate`, fast and
 hooked); `--compile` adds the lab step under `torch.compile`; `--profile` prints where the lab
-step's time goes; `--attention` times SDPA against fast_lm's spelled-out attention.
+step's time goes; `--attention` times SDPA against fast_lm's spelled-out attention; `--optimizer` times
+PyTorch's default AdamW against the fused one the lab's step uses (the plain step keeps the default).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple
 
     steps = {"lab": trainer_step(lab, fast_lm.loss_and_acc), "hooked": trainer_step(hooked, lm_loss_and_acc)}
     if compiled is not None:
-        steps["lab-compiled"] = trainer_step(compiled, torch.compile(fast_lm.loss_and_acc, dynamic=True))
+        steps["lab-compiled"] = trainer_step(compiled, fast_lm.compiled_loss_and_acc())
     torch.manual_seed(tr.seed)
     plain = PlainLM(cfg)
     dtypes = {"plain": None} | ({"plain-bf16": torch.bfloat16} if lab.dtype is not None else {})
@@ -231,6 +232,26 @@ def attention_kernels(threads: int) -> None:
         print(f"attention fwd+bwd {dtype}, {threads} thread(s): " + ", ".join(row))
 
 
+def optimizer_kernels(preset: str, threads: int) -> None:
+    """CPU ms of one AdamW step on the preset's model: PyTorch's default (foreach) against the fused one the lab uses."""
+    torch.set_num_threads(threads)
+    cfg = assemble_config(preset, {})
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Trainer(cfg, RunDir(tmp), CPU).model
+    tr, generator, row = cfg.train, torch.Generator().manual_seed(0), []
+    for name, fused in (("default", None), ("fused", True)):
+        opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas, fused=fused)
+        times = []
+        for _ in range(24):
+            for param in model.parameters():
+                param.grad = torch.randn(param.shape, generator=generator)
+            start = time.process_time()
+            opt.step()
+            times.append(time.process_time() - start)
+        row.append(f"{name} {statistics.median(times[4:]) * 1e3:.2f} ms")
+    print(f"AdamW step, {preset}, {threads} thread(s): " + ", ".join(row))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["qf-cpu", "ti-cpu", "dyck-cpu"])
@@ -242,11 +263,17 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--attention", action="store_true", help="only time SDPA against the spelled-out attention")
+    parser.add_argument("--optimizer", action="store_true", help="only time the default AdamW against the fused one")
     args = parser.parse_args()
     keep_freed_memory()  # as a Trainer does, so the plain step gets the same allocator
     if args.attention:
         for threads in args.threads:
             attention_kernels(threads)
+        return
+    if args.optimizer:
+        for threads in args.threads:
+            for preset in args.presets:
+                optimizer_kernels(preset, threads)
         return
     for threads in args.threads:
         for preset in args.presets:

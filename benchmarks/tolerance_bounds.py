@@ -31,6 +31,9 @@ from grokking.config import RunConfig, assemble_config
 from grokking.fast_forward import last_position_logits
 from grokking.train import build_model, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import TINY_LM_SETS, TINY_SETS  # noqa: E402  (the tests' helpers, which these bounds serve)
+
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 LOSS_COLUMNS = ("train_loss", "test_loss")
 
@@ -39,34 +42,9 @@ def configured(preset: str, sets: dict[str, str]) -> RunConfig:
     return assemble_config(preset, sets)
 
 
-# The tests' own tiny configurations (tests/conftest.py: tiny_config, tiny_lm).
-TINY_MODULAR = {
-    "p": "23",
-    "d_model": "32",
-    "n_heads": "2",
-    "d_head": "16",
-    "d_mlp": "64",
-    "frac_train": "0.5",
-    "steps": "100",
-    "eval_every": "10",
-    "checkpoint_every": "20",
-    "lr": "3e-3",
-}
-TINY_LM = {
-    "n_layers": "2",
-    "d_model": "64",
-    "n_heads": "2",
-    "d_head": "32",
-    "d_mlp": "128",
-    "batch_size": "32",
-    "warmup_steps": "50",
-    "steps": "20",
-    "eval_every": "10",
-    "checkpoint_every": "10",
-    "eval_examples": "50",
-    "lr": "3e-3",
-    "precision": "fp32",
-}
+# The tests' own tiny configurations, with this script's shorter schedules.
+TINY_MODULAR = {**TINY_SETS, "steps": "100"}
+TINY_LM = {**TINY_LM_SETS, "steps": "20", "eval_every": "10", "checkpoint_every": "10", "eval_examples": "50"}
 
 
 def batched_vs_solo(cfg: RunConfig, seeds: list[int], root: Path) -> dict[str, float]:

@@ -35,7 +35,7 @@ from grokking.objectives import LMObjective, next_token_loss_and_acc, trim_to_lo
 from grokking.precision import autocast, describe
 from grokking.store import RunDir
 from grokking.tasks.registry import Task, build_task
-from grokking.train import Trainer, drive, load_existing, optimizer_step, removed_on_failure, resolve_device
+from grokking.train import Trainer, adamw, drive, load_existing, optimizer_step, removed_on_failure, resolve_device
 
 # On a CPU one vmap over every seed makes each activation N times larger than the caches, so seeds are
 # vmapped a few at a time (`vmap(chunk_size=...)`): as many as keep the widest activation (examples x d_mlp)
@@ -99,7 +99,7 @@ class BatchedTrainer:
                 param.data = self.params[name].detach()[index]  # a view: the solo code sees the seed's live weights
             member.batch, member.index = self, index
         tr = self.cfg.train
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
+        self.optimizer = adamw(self.params.values(), tr)
         if members[0].loaded_moments:
             self._stack_moments()
         self.grad_filter = make_filter(tr, self.params)  # elementwise, so each seed's slice is its solo filter

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -130,6 +130,13 @@ def drive(loop: Loop, tr: TrainConfig, desc: str, where: Path | str, progress: b
             bar.update(1)
 
 
+def adamw(params: Iterable[torch.Tensor], tr: TrainConfig) -> torch.optim.AdamW:
+    """The run's AdamW, fused: one kernel per step over all parameters instead of the default's many small ones
+    (`benchmarks/lm_step_time.py --optimizer` times both). Solo and batched runs both use it, so a seed's slice
+    of a batch takes the same elementwise update as its solo run."""
+    return torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas, fused=True)
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, tr: TrainConfig, clip: Callable[[], None], grad_filter: GradFilter | None = None
 ) -> None:
@@ -159,7 +166,8 @@ class Trainer:
         self.model = build_model(self.cfg, device)
         self.dtype = resolve_precision(cfg.train.precision, device)
         objective = family_of(cfg.task.task).resolve("objective")
-        self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype)
+        compiled = {"compiled": True} if cfg.train.compile else {}  # only language-model objectives take it (config checks)
+        self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype, **compiled)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.step = 0
         self.elapsed = 0.0
@@ -168,8 +176,7 @@ class Trainer:
     @cached_property
     def optimizer(self) -> torch.optim.AdamW:
         """Built on first use: a seed trained in a batch never builds its own (the batch's AdamW holds its state)."""
-        tr = self.cfg.train
-        return torch.optim.AdamW(self.model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=tr.betas)
+        return adamw(self.model.parameters(), self.cfg.train)
 
     @cached_property
     def grad_filter(self) -> GradFilter | None:

@@ -46,25 +46,28 @@ def tiny_config(**overrides: str) -> RunConfig:
     return cfg
 
 
+# Every structural preset made small: 2 layers of width 64 in fp32 (`task_preset` keeps its task and data).
+TINY_LM_SETS = {
+    "n_layers": "2",
+    "d_model": "64",
+    "n_heads": "2",
+    "d_head": "32",
+    "d_mlp": "128",
+    "batch_size": "32",
+    "warmup_steps": "50",
+    "steps": "600",
+    "eval_every": "150",
+    "checkpoint_every": "150",
+    "eval_examples": "200",
+    "lr": "3e-3",
+    "precision": "fp32",
+}
+
+
 def tiny_lm(task_preset: str = "qf-cpu", **overrides: str) -> RunConfig:
     """A 2-layer width-64 language model on `task_preset`'s task, in fp32; 600 steps learn QF's in-distribution rule."""
     cfg = preset_config(task_preset)
-    for key, value in {
-        "n_layers": "2",
-        "d_model": "64",
-        "n_heads": "2",
-        "d_head": "32",
-        "d_mlp": "128",
-        "batch_size": "32",
-        "warmup_steps": "50",
-        "steps": "600",
-        "eval_every": "150",
-        "checkpoint_every": "150",
-        "eval_examples": "200",
-        "lr": "3e-3",
-        "precision": "fp32",
-        **overrides,
-    }.items():
+    for key, value in {**TINY_LM_SETS, **overrides}.items():
         cfg.set(key, value)
     return cfg
 
