@@ -112,7 +112,7 @@ def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple
 
     steps = {"lab": trainer_step(lab, fast_lm.loss_and_acc), "hooked": trainer_step(hooked, lm_loss_and_acc)}
     if compiled is not None:
-        steps["lab-compiled"] = trainer_step(compiled, fast_lm.compiled_loss_and_acc())
+        steps["lab-compiled"] = trainer_step(compiled, torch.compile(fast_lm.loss_and_acc, dynamic=True))
     torch.manual_seed(tr.seed)
     plain = PlainLM(cfg)
     dtypes = {"plain": None} | ({"plain-bf16": torch.bfloat16} if lab.dtype is not None else {})

@@ -117,9 +117,6 @@ class TrainConfig:
     grad_filter_alpha: float = 0.98
     grad_filter_lambda: float = 2.0
     grad_filter_window: int = 100
-    # torch.compile (inductor) the language-model training step: faster steps after a compile at the start of each
-    # process (docs/results/lm-speed.md). Solo runs through fast_lm.py only; batched seeds and hooked steps run eager.
-    compile: bool = False
 
 
 @dataclass
@@ -195,11 +192,7 @@ class RunConfig:
 # ---- each family's checks (named by its entry in grokking/families.py) ------------------------------------
 
 
-NO_COMPILE = "compile=true is for the language-model tasks (question-formation, tense-inflection, dyck, digit-addition); remove it"
-
-
 def check_modular(t: TaskConfig, tr: TrainConfig) -> None:
-    _check(not tr.compile, NO_COMPILE)
     _check(t.operation in OPERATIONS, f"operation must be one of {OPERATIONS}, got '{t.operation}'")
     _check(t.p >= 5 and _is_prime(t.p), f"p must be a prime >= 5, got {t.p} (try 113, 97 or 59)")
     _check(0.0 < t.frac_train < 1.0, f"frac_train must be in (0, 1), got {t.frac_train}")
@@ -227,7 +220,6 @@ def check_addition(t: TaskConfig, tr: TrainConfig) -> None:
 
 def check_icl(t: TaskConfig, tr: TrainConfig) -> None:
     check_language(t, tr)
-    _check(not tr.compile, NO_COMPILE)
     families = [f.strip() for f in t.families.split(",") if f.strip()]
     _check(bool(families), f"families must name at least one of {ICL_FAMILIES}")
     for name in families:

@@ -5,8 +5,7 @@ family serves one or more config `task` names and declares, in its one `Family(.
 
 - `build`: `(TaskConfig) -> task`, the task object; its `d_vocab`, `d_vocab_out` and `n_ctx` size the
   model (`grokking.tasks.registry.sized`);
-- `objective`: `(task, batch_size, device, dtype) -> Objective`, the training loss and evaluation rows (the
-  language-model objective also takes `compiled=True`, passed only with `compile=true`, which other families refuse);
+- `objective`: `(task, batch_size, device, dtype) -> Objective`, the training loss and evaluation rows;
 - `analysis`: `(run, final_step, sample, sample_seed) -> Plan`, what `grokking analyze` measures per checkpoint;
 - `report`: `(run_dir, patience) -> Path`, the page `grokking report` writes;
 - `data`: `(DataRequest) -> Iterator[str]`, what `grokking data TASK` prints or exports; None when the data

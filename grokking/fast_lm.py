@@ -16,9 +16,6 @@ Anything it cannot reproduce exactly (active hooks, dropout in training) uses th
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,13 +52,6 @@ def loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor) -> tuple
     out = torch.addmm(model.unembed.b_U, resid, model.W_U)
     targets = tokens[:, 1:].reshape(-1)[rows]
     return F.cross_entropy(out.float(), targets), (out.argmax(-1) == targets).float().mean()
-
-
-@functools.cache
-def compiled_loss_and_acc() -> Callable[[Transformer, Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """`loss_and_acc` under torch.compile (`compile=true`), built once per process. `dynamic=True`: batch
-    lengths vary every step, and one graph with symbolic sizes avoids a recompile per length."""
-    return torch.compile(loss_and_acc, dynamic=True)
 
 
 def _residual(model: Transformer, tokens: Tensor, rows: Tensor | None) -> Tensor:

@@ -109,20 +109,18 @@ def next_token_loss_and_acc(logits: Tensor, tokens: Tensor, loss_mask: Tensor) -
     return F.cross_entropy(logits.float(), targets), (logits.argmax(-1) == targets).float().mean()
 
 
-def fast_lm_loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor, compiled: bool = False) -> tuple[Tensor, Tensor]:
-    """`lm_loss_and_acc` through fast_lm.py (no work on padding; `compiled`: under torch.compile) unless hooks or
-    training dropout need the hooked forward."""
+def fast_lm_loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """`lm_loss_and_acc` through fast_lm.py (no work on padding) unless hooks or training dropout need the hooked forward."""
     if fast_lm.supports_fast_lm(model):
-        return (fast_lm.compiled_loss_and_acc() if compiled else fast_lm.loss_and_acc)(model, tokens, loss_mask)
+        return fast_lm.loss_and_acc(model, tokens, loss_mask)
     return lm_loss_and_acc(model, tokens, loss_mask)
 
 
 class LMObjective:
     """Causal-LM loss over `<sos> input target <eos>`; evaluation with the task's published metric."""
 
-    def __init__(self, data: LMRunData, batch_size: int, device: torch.device, dtype: torch.dtype | None = None, compiled: bool = False):
-        """`compiled`: the training step runs under torch.compile (config key `compile`); evaluation stays eager."""
-        self.data, self.batch_size, self.device, self.dtype, self.compiled = data, batch_size, device, dtype, compiled
+    def __init__(self, data: LMRunData, batch_size: int, device: torch.device, dtype: torch.dtype | None = None):
+        self.data, self.batch_size, self.device, self.dtype = data, batch_size, device, dtype
         self.tokens = data.train.tokens.to(device)
         self.loss_mask = data.train.loss_mask.to(device)
         vocab = data.lm_task.vocab
@@ -137,7 +135,7 @@ class LMObjective:
 
     def batch_loss(self, model: Transformer, idx: Tensor) -> tuple[Tensor, None]:
         with autocast(self.dtype, self.device):
-            loss, _ = fast_lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx], self.compiled)
+            loss, _ = fast_lm_loss_and_acc(model, self.tokens[idx], self.loss_mask[idx])
         return loss, None
 
     def evaluate(self, model: Transformer, train_metrics: dict[str, Tensor] | None) -> dict[str, float]:

@@ -166,8 +166,7 @@ class Trainer:
         self.model = build_model(self.cfg, device)
         self.dtype = resolve_precision(cfg.train.precision, device)
         objective = family_of(cfg.task.task).resolve("objective")
-        compiled = {"compiled": True} if cfg.train.compile else {}  # only language-model objectives take it (config checks)
-        self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype, **compiled)
+        self.objective: Objective = objective(self.task, cfg.train.batch_size, device, self.dtype)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.step = 0
         self.elapsed = 0.0

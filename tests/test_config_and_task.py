@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grokking.config import RunConfig, assemble_config, flat_keys, preset_config
+from grokking.config import RunConfig, flat_keys, preset_config
 from grokking.errors import UserError
 from grokking.tasks.modular import ModularTask
 from grokking.tasks.registry import build_task
@@ -91,10 +91,3 @@ def test_random_table_is_fixed_by_data_seed() -> None:
     cfg.operation = "random"
     a, b = ModularTask.from_config(cfg).labels, ModularTask.from_config(cfg).labels
     assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("preset", ["quick", "icl-cpu"])
-def test_compile_is_refused_where_the_objective_has_no_compiled_step(preset: str) -> None:
-    with pytest.raises(UserError, match="compile=true is for the language-model tasks"):
-        assemble_config(preset, {"compile": "true"})
-    assert assemble_config("qf-cpu", {"compile": "true"}).train.compile
