@@ -1,7 +1,7 @@
 """The lab's language-model training step against a plain `nn.TransformerEncoder` step, side by side.
 
     .venv/bin/python benchmarks/lm_step_time.py [--presets qf-cpu ti-cpu dyck-cpu] [--threads 1 2]
-        [--rounds 8] [--steps 4] [--eval] [--compile] [--profile] [--attention]
+        [--rounds 8] [--steps 4] [--isolated] [--eval] [--compile] [--profile] [--attention] [--optimizer]
 
 For each preset and thread count, in one process and on the same minibatches (drawn by the run's
 own sampler), it times one training step (forward, backward, clipping, AdamW) of:
@@ -12,8 +12,11 @@ own sampler), it times one training step (forward, backward, clipping, AdamW) of
   - `plain-bf16`: the same under bf16 autocast, where the preset's precision is bf16 here.
 The variants run interleaved in rotating order for `--rounds` rounds of `--steps` steps, and each
 ratio is the median of per-round ratios, so load from other processes on a shared machine hits
-every variant alike. FLOPs per step are counted by `torch.utils.flop_counter` (matmuls and
-attention) and divided by the step's CPU time, next to a large matmul's GFLOP per CPU-second.
+every variant alike. With `--isolated` each variant's round runs instead in a fresh process of its
+own (the same minibatches in each), so no variant's allocations or cache footprint reach another's,
+as when a lab run and a plain script run one after the other. FLOPs per step are counted by
+`torch.utils.flop_counter` (matmuls and attention) and divided by the step's CPU time, next to a
+large matmul's GFLOP per CPU-second.
 Each time is given as wall clock and as this process's CPU time (`time.process_time`), which a
 loaded machine inflates less. `--eval` times one evaluation (`LMObjective.evaluate`, fast and
 hooked); `--compile` adds the lab step under `torch.compile`; `--profile` prints where the lab
@@ -25,8 +28,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,6 +94,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 
 Step = Callable[[Tensor], None]
+Times = dict[str, tuple[list[float], list[float]]]  # variant -> (wall, CPU) seconds per step, one entry per round
 
 
 def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple[dict[str, Step], Trainer, RunConfig]:
@@ -138,6 +145,63 @@ def count_flops(step: Step, idx: Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+def interleaved_times(steps: dict[str, Step], sample: Callable[[], Tensor], rounds: int, n_steps: int, desc: str) -> Times:
+    """Per-round seconds per step, wall and CPU, of every variant in this process, in rotating order on shared batches."""
+    times: Times = {name: ([], []) for name in steps}
+    names = list(steps)
+    for r in tqdm(range(rounds), desc=desc, leave=False):
+        batches = [sample() for _ in range(n_steps)]
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            wall, cpu = timed_steps(steps[name], batches)
+            times[name][0].append(wall)
+            times[name][1].append(cpu)
+    return times
+
+
+def timed_steps(step: Step, batches: list[Tensor]) -> tuple[float, float]:
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for idx in batches:
+        step(idx)
+    return (time.perf_counter() - start) / len(batches), (time.process_time() - start_cpu) / len(batches)
+
+
+def round_batches(lab: Trainer, cfg: RunConfig, round_index: int, n_steps: int) -> list[Tensor]:
+    """The minibatches of one round of `--isolated`: the same for every variant's process."""
+    generator = torch.Generator().manual_seed(cfg.train.seed + 1000 + round_index)
+    return [lab.objective.sample(generator) for _ in range(n_steps)]
+
+
+def isolated_times(names: list[str], preset: str, threads: int, rounds: int, n_steps: int, args: argparse.Namespace) -> Times:
+    """Per-round seconds per step of every variant, each round of each variant in a fresh process of its own.
+
+    Interleaving variants in one process lets one variant's allocations and cache footprint slow the next;
+    here nothing is shared but the machine, as when a lab run and a plain script run one after the other."""
+    times: Times = {name: ([], []) for name in names}
+    extra = (["--precision", args.precision] if args.precision else []) + (["--compile"] if args.compile else [])
+    for r in tqdm(range(rounds), desc=f"{preset} {threads} thread(s), isolated", leave=False):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            command = [sys.executable, __file__, "--presets", preset, "--threads", str(threads), "--steps", str(n_steps)]
+            command += ["--child-variant", name, "--child-round", str(r), *extra]
+            wall, cpu = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            times[name][0].append(wall)
+            times[name][1].append(cpu)
+    return times
+
+
+def child(args: argparse.Namespace) -> None:
+    """One variant's timing for `--isolated`: warm up, then print [wall, CPU] seconds per step as JSON.
+
+    The warm-up is as long as the timed part, so that the kernels a new sequence length needs (oneDNN builds
+    its bf16 primitives per shape) are mostly built before the clock starts, as they are in a long run."""
+    torch.set_num_threads(args.threads[0])
+    steps, lab, cfg = make_steps(args.presets[0], args.precision, args.compile)
+    step = steps[args.child_variant]
+    warm_up = torch.Generator().manual_seed(cfg.train.seed + 1)
+    for _ in range(max(2, args.steps)):
+        step(lab.objective.sample(warm_up))
+    print(json.dumps(timed_steps(step, round_batches(lab, cfg, args.child_round, args.steps))))
+
+
 def bench(preset: str, threads: int, rounds: int, n_steps: int, args: argparse.Namespace) -> None:
     torch.set_num_threads(threads)
     steps, lab, cfg = make_steps(preset, args.precision, args.compile)
@@ -150,31 +214,27 @@ def bench(preset: str, threads: int, rounds: int, n_steps: int, args: argparse.N
     # The compiled step does lab's arithmetic; counting under a dispatch mode would recompile it.
     flops = {name: count_flops(step, flops_idx) for name, step in steps.items() if name != "lab-compiled"}
     flops.setdefault("lab-compiled", flops["lab"])
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
-    for r in tqdm(range(rounds), desc=f"{preset} {threads} thread(s)", leave=False):
-        batches = [sample() for _ in range(n_steps)]
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for idx in batches:
-                steps[name](idx)
-            times[name].append((time.perf_counter() - start) / n_steps)
-            cpu[name].append((time.process_time() - start_cpu) / n_steps)
+    if args.isolated:
+        times = isolated_times(names, preset, threads, rounds, n_steps, args)
+    else:
+        times = interleaved_times(steps, sample, rounds, n_steps, f"{preset} {threads} thread(s)")
     peak = {"fp32": matmul_peak(torch.float32)}
     if has_fast_bf16(CPU):
         peak["bf16"] = matmul_peak(torch.bfloat16)
     print(
         f"\n{preset} ({cfg.model.n_layers} layers, precision {cfg.train.precision} -> "
-        f"{'bf16' if lab.dtype else 'fp32'}), {threads} thread(s); matmul peak "
-        + ", ".join(f"{k} {v:.0f} GFLOP per CPU-second" for k, v in peak.items())
+        f"{'bf16' if lab.dtype else 'fp32'}), {threads} thread(s), {'isolated' if args.isolated else 'interleaved'}; "
+        "matmul peak " + ", ".join(f"{k} {v:.0f} GFLOP per CPU-second" for k, v in peak.items())
     )
     print("| variant | wall ms/step | plain / variant, wall | CPU ms/step | plain / variant, CPU | GFLOP/step | GFLOP per CPU-second |")
     print("|---|---|---|---|---|---|---|")
+    plain_wall, plain_cpu = times["plain"]
     for name in names:
-        ms, cpu_ms = statistics.median(times[name]) * 1e3, statistics.median(cpu[name]) * 1e3
-        ratio = statistics.median(p / v for p, v in zip(times["plain"], times[name]))
-        cpu_ratio = statistics.median(p / v for p, v in zip(cpu["plain"], cpu[name]))
+        wall, cpu = times[name]
+        ms, cpu_ms = statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+        ratio = statistics.median(p / v for p, v in zip(plain_wall, wall))
+        cpu_ratio = statistics.median(p / v for p, v in zip(plain_cpu, cpu))
         print(f"| {name} | {ms:.0f} | {ratio:.2f}x | {cpu_ms:.0f} | {cpu_ratio:.2f}x | {flops[name] / 1e9:.2f} | {flops[name] / cpu_ms / 1e6:.1f} |")
     if args.eval:
         time_eval(lab)
@@ -266,8 +326,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--attention", action="store_true", help="only time SDPA against the spelled-out attention")
     parser.add_argument("--optimizer", action="store_true", help="only time the default AdamW against the fused one")
+    parser.add_argument("--isolated", action="store_true", help="time each variant's round in a fresh process of its own")
+    parser.add_argument("--child-variant", help=argparse.SUPPRESS)
+    parser.add_argument("--child-round", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     keep_freed_memory()  # as a Trainer does, so the plain step gets the same allocator
+    if args.child_variant:
+        child(args)
+        return
     if args.attention:
         for threads in args.threads:
             attention_kernels(threads)
