@@ -370,7 +370,7 @@ PRESETS: dict[str, tuple[str, Any]] = {
     "dyck-paper": ("Murty et al. 2023 Dyck-(20,10): as qf-paper, 400k steps (GPU-sized)", lambda: _structural("dyck", True)),
     "qf-cpu": (
         "Question formation for a 2-core CPU: 8 layers d128, wd 0.1, lr 1e-3 decaying over 8k steps; structural grokking "
-        "in 1 of 5 seeds; object-gap questions fail in the others (docs/results/structural-data.md)",
+        "is rare and hangs on rounding (docs/results/structural-data.md)",
         lambda: _structural("question-formation", False),
     ),
     "ti-cpu": (
