@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import statistics
@@ -145,14 +146,12 @@ def count_flops(step: Step, idx: Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def interleaved_times(steps: dict[str, Step], sample: Callable[[], Tensor], rounds: int, n_steps: int, desc: str) -> Times:
-    """Per-round seconds per step, wall and CPU, of every variant in this process, in rotating order on shared batches."""
-    times: Times = {name: ([], []) for name in steps}
-    names = list(steps)
+def timed_rounds(names: list[str], rounds: int, desc: str, time_round: Callable[[str, int], tuple[float, float]]) -> Times:
+    """Per-round (wall, CPU) seconds per step of every variant, `time_round(variant, round)` called in rotating order."""
+    times: Times = {name: ([], []) for name in names}
     for r in tqdm(range(rounds), desc=desc, leave=False):
-        batches = [sample() for _ in range(n_steps)]
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            wall, cpu = timed_steps(steps[name], batches)
+            wall, cpu = time_round(name, r)
             times[name][0].append(wall)
             times[name][1].append(cpu)
     return times
@@ -166,26 +165,25 @@ def timed_steps(step: Step, batches: list[Tensor]) -> tuple[float, float]:
 
 
 def round_batches(lab: Trainer, cfg: RunConfig, round_index: int, n_steps: int) -> list[Tensor]:
-    """The minibatches of one round of `--isolated`: the same for every variant's process."""
+    """The minibatches of one round: the same for every variant, in this process or in `--isolated`'s children."""
     generator = torch.Generator().manual_seed(cfg.train.seed + 1000 + round_index)
     return [lab.objective.sample(generator) for _ in range(n_steps)]
 
 
-def isolated_times(names: list[str], preset: str, threads: int, rounds: int, n_steps: int, args: argparse.Namespace) -> Times:
-    """Per-round seconds per step of every variant, each round of each variant in a fresh process of its own.
+def isolated_round(preset: str, threads: int, n_steps: int, args: argparse.Namespace) -> Callable[[str, int], tuple[float, float]]:
+    """`time_round` for `--isolated`: each variant's round in a fresh process of its own.
 
     Interleaving variants in one process lets one variant's allocations and cache footprint slow the next;
     here nothing is shared but the machine, as when a lab run and a plain script run one after the other."""
-    times: Times = {name: ([], []) for name in names}
     extra = (["--precision", args.precision] if args.precision else []) + (["--compile"] if args.compile else [])
-    for r in tqdm(range(rounds), desc=f"{preset} {threads} thread(s), isolated", leave=False):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            command = [sys.executable, __file__, "--presets", preset, "--threads", str(threads), "--steps", str(n_steps)]
-            command += ["--child-variant", name, "--child-round", str(r), *extra]
-            wall, cpu = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            times[name][0].append(wall)
-            times[name][1].append(cpu)
-    return times
+
+    def time_round(name: str, r: int) -> tuple[float, float]:
+        command = [sys.executable, __file__, "--presets", preset, "--threads", str(threads), "--steps", str(n_steps)]
+        command += ["--child-variant", name, "--child-round", str(r), *extra]
+        wall, cpu = json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+        return wall, cpu
+
+    return time_round
 
 
 def child(args: argparse.Namespace) -> None:
@@ -216,15 +214,18 @@ def bench(preset: str, threads: int, rounds: int, n_steps: int, args: argparse.N
     flops.setdefault("lab-compiled", flops["lab"])
     names = list(steps)
     if args.isolated:
-        times = isolated_times(names, preset, threads, rounds, n_steps, args)
+        time_round = isolated_round(preset, threads, n_steps, args)
     else:
-        times = interleaved_times(steps, sample, rounds, n_steps, f"{preset} {threads} thread(s)")
+        batches = functools.lru_cache(maxsize=1)(lambda r: round_batches(lab, cfg, r, n_steps))
+        time_round = lambda name, r: timed_steps(steps[name], batches(r))
+    mode = "isolated" if args.isolated else "interleaved"
+    times = timed_rounds(names, rounds, f"{preset} {threads} thread(s), {mode}", time_round)
     peak = {"fp32": matmul_peak(torch.float32)}
     if has_fast_bf16(CPU):
         peak["bf16"] = matmul_peak(torch.bfloat16)
     print(
         f"\n{preset} ({cfg.model.n_layers} layers, precision {cfg.train.precision} -> "
-        f"{'bf16' if lab.dtype else 'fp32'}), {threads} thread(s), {'isolated' if args.isolated else 'interleaved'}; "
+        f"{'bf16' if lab.dtype else 'fp32'}), {threads} thread(s), {mode}; "
         "matmul peak " + ", ".join(f"{k} {v:.0f} GFLOP per CPU-second" for k, v in peak.items())
     )
     print("| variant | wall ms/step | plain / variant, wall | CPU ms/step | plain / variant, CPU | GFLOP/step | GFLOP per CPU-second |")
