@@ -22,6 +22,12 @@ from torch import Tensor
 
 from grokking.model import Transformer
 
+# The training step computes on a multiple of this many flat rows. Why: the number of real positions differs
+# in nearly every random batch, and oneDNN builds (JIT-compiles) a bf16 matmul kernel for each new shape and
+# keeps only so many: with exact row counts a bf16 run keeps building kernels, and its steps slow down as it
+# goes (docs/results/lm-speed.md). A few padding rows per step cost less.
+ROW_BLOCK = 64
+
 
 def supports_fast_lm(model: Transformer) -> bool:
     """Exact only without hooks (they expect full activations) and without dropout in training (its RNG draws);
@@ -42,21 +48,27 @@ def logits(model: Transformer, tokens: Tensor) -> Tensor:
 
 def loss_and_acc(model: Transformer, tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Next-token cross-entropy and accuracy where `loss_mask` [batch, pos - 1] (each row a prefix), computed
-    on those positions only: the hooked `lm_loss_and_acc` without the padding work."""
+    on those positions only (rounded up to a multiple of `ROW_BLOCK` rows): the hooked `lm_loss_and_acc`
+    without the padding work."""
     length = int(loss_mask.sum(-1).max())
     tokens, loss_mask = tokens[:, : length + 1], loss_mask[:, :length]
     if length > model.cfg.n_ctx:
         raise ValueError(f"sequence of length {length} is longer than the model's context ({model.cfg.n_ctx})")
-    rows = loss_mask.reshape(-1).nonzero().squeeze(1)
+    flat_mask = loss_mask.reshape(-1)
+    real = flat_mask.nonzero().squeeze(1)
+    # Padding positions to fill the last block (as many as the batch has): causal attention keeps them out of
+    # every real position, and the loss leaves them out, so they change neither loss nor gradients.
+    rows = torch.cat([real, (~flat_mask).nonzero().squeeze(1)[: -len(real) % ROW_BLOCK]])
     resid = _residual(model, tokens[:, :-1], rows)
-    out = torch.addmm(model.unembed.b_U, resid, model.W_U)
-    targets = tokens[:, 1:].reshape(-1)[rows]
+    out = torch.addmm(model.unembed.b_U, resid, model.W_U)[: len(real)]
+    targets = tokens[:, 1:].reshape(-1)[real]
     return F.cross_entropy(out.float(), targets), (out.argmax(-1) == targets).float().mean()
 
 
 def _residual(model: Transformer, tokens: Tensor, rows: Tensor | None) -> Tensor:
     """The final residual stream [rows, d_model] at the flat positions `rows` of `tokens` [batch, pos]
-    (None: all). `rows` must hold, with each position, every earlier position of its row."""
+    (None: all). `rows` must hold, with each real position, every earlier position of its row; padding
+    positions among them come out as values that no real position depends on."""
     cfg = model.cfg
     n_batch, n_pos = tokens.shape
     x = (F.embedding(tokens, model.embed.W_E) + model.pos_embed.W_pos[:n_pos]).view(n_batch * n_pos, -1)

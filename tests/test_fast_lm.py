@@ -107,6 +107,26 @@ def test_fast_step_in_bf16_is_as_close_to_exact_as_the_hooked_bf16_step(preset: 
     assert abs(loss - exact_loss) < 3e-3 and abs(ref_loss - exact_loss) < 3e-3
 
 
+def test_padding_rows_that_fill_a_block_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step rounds its rows up with padding positions (fast_lm.ROW_BLOCK); with a block that takes every
+    padding position, a block the padding cannot fill (one padding position) and no block at all, float64
+    loss and gradients are the same, so the padding rows reach neither the loss nor any real position."""
+    model = preset_model("qf-cpu", torch.float64)
+    tokens, mask = batch("qf-cpu", padded=True)
+    tokens_one_short, one_short = batch("qf-cpu", padded=False)
+    tokens_one_short[3, -2:] = torch.tensor([2, 0])  # row 3 ends one position early: a single padding position
+    one_short[3, -1] = False
+    for toks, m in ((tokens, mask), (tokens_one_short, one_short)):
+        results = []
+        for block in (1, 64, int(m.numel())):
+            monkeypatch.setattr(fast_lm, "ROW_BLOCK", block)
+            results.append(loss_and_grads(model, fast_lm.loss_and_acc, toks, m))
+        ref_loss, ref_grads = loss_and_grads(model, lm_loss_and_acc, toks, m)
+        for loss, grads in results:
+            assert loss == pytest.approx(ref_loss, rel=1e-12)
+            assert rel(grads, ref_grads) < 1e-10
+
+
 def test_eval_logits_equal_the_hooked_forward() -> None:
     model = preset_model("qf-cpu").eval()
     tokens, _ = batch("qf-cpu", padded=True)
