@@ -3,8 +3,9 @@
 Why: a structural-grokking batch is right-padded to its longest row, and a random batch of 64 is
 40% padding for question formation and 68% for Dyck (`benchmarks/lm_step_time.py`). Rows are
 independent and the model is causal, so every position-wise op (the QKV, output, MLP and
-unembedding matmuls, LayerNorm and residual adds) runs on the real positions only, as one flat
-[tokens, d_model] matrix; only attention scatters them back to [batch, pos] for two batched
+unembedding matmuls, LayerNorm and residual adds) runs on the real positions only (the training
+step adds a few padding positions to fill its last `ROW_BLOCK`), as one flat [tokens, d_model]
+matrix; only attention scatters them back to [batch, pos] for two batched
 matmuls under the causal mask (a real position attends only to earlier positions, which are
 real, so no padding mask is needed). The hooked forward spends the
 rest of its time in per-head einsums, HookPoint calls and a five-kernel LayerNorm; here each
