@@ -298,6 +298,11 @@ def load_existing(trainer: Trainer) -> None:
         raise UserError(f"{run.path} holds a different run; use another --out, or --fresh to overwrite it")
     if run.resume_path.is_file():
         trainer.load_resume()
+        if trainer.step > trainer.cfg.train.steps:
+            raise UserError(
+                f"{run.path} is already at step {trainer.step}, past --steps {trainer.cfg.train.steps}; "
+                f"give --steps {trainer.step} or more to resume or extend it"
+            )
     elif run.checkpoint_steps():
         raise UserError(f"{run.path} has checkpoints but no resume state (an imported run?); train into another --out")
 

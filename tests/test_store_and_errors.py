@@ -55,6 +55,16 @@ def test_resuming_with_a_different_config_is_refused(tmp_path: Path) -> None:
     assert load_run(tmp_path / "r").config.train.lr == 1e-2
 
 
+def test_resuming_with_fewer_steps_than_done_is_refused(tmp_path: Path) -> None:
+    """A run at step 20 asked for 10 steps would never meet its stop step: refused, and the run left as it was."""
+    train(tiny_config(steps="20"), tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / "metrics.csv").read_text()
+    with pytest.raises(UserError, match="already at step 20, past --steps 10"):
+        train(tiny_config(steps="10"), tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "metrics.csv").read_text() == before
+    assert load_run(tmp_path / "r").config.train.steps == 20
+
+
 def test_truncated_checkpoint_is_named_and_others_still_load(tmp_path: Path) -> None:
     train(tiny_config(steps="40"), tmp_path / "r", progress=False)
     run = load_run(tmp_path / "r")
