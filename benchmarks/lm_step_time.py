@@ -1,7 +1,7 @@
 """The lab's language-model training step against a plain `nn.TransformerEncoder` step, side by side.
 
     .venv/bin/python benchmarks/lm_step_time.py [--presets qf-cpu ti-cpu dyck-cpu] [--threads 1 2]
-        [--rounds 8] [--steps 4] [--isolated] [--eval] [--compile] [--profile] [--attention] [--optimizer]
+        [--rounds 8] [--steps 4] [--isolated] [--eval] [--compile [max-autotune]] [--profile] [--attention] [--optimizer]
 
 For each preset and thread count, in one process and on the same minibatches (drawn by the run's
 own sampler), it times one training step (forward, backward, clipping, AdamW) of:
@@ -19,7 +19,7 @@ as when a lab run and a plain script run one after the other. FLOPs per step are
 large matmul's GFLOP per CPU-second.
 Each time is given as wall clock and as this process's CPU time (`time.process_time`), which a
 loaded machine inflates less. `--eval` times one evaluation (`LMObjective.evaluate`, fast and
-hooked); `--compile` adds the lab step under `torch.compile`; `--profile` prints where the lab
+hooked); `--compile` adds the lab step under `torch.compile` (`--compile max-autotune` in that mode); `--profile` prints where the lab
 step's time goes; `--attention` times SDPA against fast_lm's spelled-out attention; `--optimizer` times
 PyTorch's default AdamW against the fused one the lab's step uses (the plain step keeps the default).
 """
@@ -98,13 +98,14 @@ Step = Callable[[Tensor], None]
 Times = dict[str, tuple[list[float], list[float]]]  # variant -> (wall, CPU) seconds per step, one entry per round
 
 
-def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple[dict[str, Step], Trainer, RunConfig]:
-    """One step function per variant, each owning its model and AdamW (same init for the lab variants)."""
+def make_steps(preset: str, dtype_name: str | None, compile_mode: str | None) -> tuple[dict[str, Step], Trainer, RunConfig]:
+    """One step function per variant, each owning its model and AdamW (same init for the lab variants);
+    `compile_mode` (None: no compiled variant) is `torch.compile`'s mode for the `lab-compiled` one."""
     cfg = assemble_config(preset, {"precision": dtype_name} if dtype_name else {})
     with tempfile.TemporaryDirectory() as tmp:  # nothing is written: the trainers only build model, data and AdamW
         lab = Trainer(cfg, RunDir(tmp), CPU)
         hooked = Trainer(cfg, RunDir(tmp), CPU, task=lab.task)
-        compiled = Trainer(cfg, RunDir(tmp), CPU, task=lab.task) if compile_step else None
+        compiled = Trainer(cfg, RunDir(tmp), CPU, task=lab.task) if compile_mode else None
     cfg, tr = lab.cfg, cfg.train  # lab.cfg: the model sized to the task's vocabulary and context
     data = lab.objective
 
@@ -120,7 +121,9 @@ def make_steps(preset: str, dtype_name: str | None, compile_step: bool) -> tuple
 
     steps = {"lab": trainer_step(lab, fast_lm.loss_and_acc), "hooked": trainer_step(hooked, lm_loss_and_acc)}
     if compiled is not None:
-        steps["lab-compiled"] = trainer_step(compiled, torch.compile(fast_lm.loss_and_acc, dynamic=True))
+        steps["lab-compiled"] = trainer_step(
+            compiled, torch.compile(fast_lm.loss_and_acc, dynamic=True, mode=None if compile_mode == "default" else compile_mode)
+        )
     torch.manual_seed(tr.seed)
     plain = PlainLM(cfg)
     dtypes = {"plain": None} | ({"plain-bf16": torch.bfloat16} if lab.dtype is not None else {})
@@ -175,7 +178,7 @@ def isolated_round(preset: str, threads: int, n_steps: int, args: argparse.Names
 
     Interleaving variants in one process lets one variant's allocations and cache footprint slow the next;
     here nothing is shared but the machine, as when a lab run and a plain script run one after the other."""
-    extra = (["--precision", args.precision] if args.precision else []) + (["--compile"] if args.compile else [])
+    extra = (["--precision", args.precision] if args.precision else []) + (["--compile", args.compile] if args.compile else [])
 
     def time_round(name: str, r: int) -> tuple[float, float]:
         command = [sys.executable, __file__, "--presets", preset, "--threads", str(threads), "--steps", str(n_steps)]
@@ -323,7 +326,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
     parser.add_argument("--precision", default=None, help="override the presets' precision (fp32, bf16, auto)")
     parser.add_argument("--eval", action="store_true")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=["default", "max-autotune"],
+        help="add the lab step under torch.compile; max-autotune also tries inductor's C++ GEMM templates",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--attention", action="store_true", help="only time SDPA against the spelled-out attention")
     parser.add_argument("--optimizer", action="store_true", help="only time the default AdamW against the fused one")
