@@ -1,5 +1,5 @@
-"""The CUDA path: a step touches only GPU tensors, bf16 runs there, resume there is exact, and checkpoints
-written there give the same logits on a CPU.
+"""The CUDA path: a step touches only GPU tensors, the fast LM step equals the hooked one there, bf16 runs
+there, resume there is exact, and checkpoints written there give the same logits on a CPU.
 
 Every test here needs a CUDA GPU and is skipped without one (marker `cuda`): the CPU suite never needs a
 GPU. `pytest -m cuda` selects them; `benchmarks/gpu_check.sh` runs them on a lent GPU and records the result.
@@ -18,10 +18,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from grokking import load_run
+from grokking import fast_lm, load_run
 from grokking.batched import open_batch
 from grokking.config import RunConfig
 from grokking.fast_forward import last_position_logits
+from grokking.objectives import lm_loss_and_acc
 from grokking.precision import resolve_precision
 from grokking.store import RunDir
 from grokking.train import Trainer, TrainingInterrupted, train
@@ -36,6 +37,7 @@ from conftest import (
     tiny_lm,
     train_both,
 )
+from test_fast_lm import batch, loss_and_grads, preset_model, rel
 
 CUDA = torch.device("cuda")
 pytestmark = [
@@ -183,6 +185,25 @@ def test_bf16_language_model_runs_every_forward_matmul_in_bf16_on_the_gpu(tmp_pa
     fp32 = Trainer(CONFIGS["lm-fp32"](), RunDir(tmp_path / "fp32"), CUDA)
     fp32_loss, _ = fp32.step_loss()  # same seed, so the same weights and minibatch
     assert torch.isclose(loss, fp32_loss, rtol=0.01)  # tests/test_precision.py's bound for bf16 LM losses
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "full"])
+def test_fast_lm_step_on_the_gpu_is_the_hooked_step_within_its_precision(padded: bool) -> None:
+    """fast_lm.py on cuBLAS, in fp32 and in bf16, with the CPU tests' bounds (tests/test_fast_lm.py)."""
+    model = preset_model("qf-cpu").to(CUDA)
+    tokens, mask = (t.to(CUDA) for t in batch("qf-cpu", padded))
+    loss, grads = loss_and_grads(model, fast_lm.loss_and_acc, tokens, mask)
+    ref_loss, ref_grads = loss_and_grads(model, lm_loss_and_acc, tokens, mask)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert rel(grads, ref_grads) < 2e-3
+    if not torch.cuda.is_bf16_supported():
+        return
+    exact_loss, exact = loss_and_grads(model.double(), lm_loss_and_acc, tokens, mask)
+    model.float()
+    loss, grads = loss_and_grads(model, fast_lm.loss_and_acc, tokens, mask, torch.bfloat16)
+    ref_loss, ref_grads = loss_and_grads(model, lm_loss_and_acc, tokens, mask, torch.bfloat16)
+    assert rel(grads, exact) < 1.5 * rel(ref_grads, exact)
+    assert abs(loss - exact_loss) < 3e-3 and abs(ref_loss - exact_loss) < 3e-3
 
 
 @pytest.fixture(params=[False, True], ids=["default", "deterministic"])

@@ -49,7 +49,7 @@ def batch(preset: str, padded: bool, n: int = 24, seed: int = 0) -> tuple[torch.
 
 def loss_and_grads(model: Transformer, fn, tokens: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[float, torch.Tensor]:
     model.zero_grad()
-    with autocast(dtype, CPU):
+    with autocast(dtype, next(model.parameters()).device):
         loss, _ = fn(model, tokens, mask)
     loss.backward()
     # b_K's true gradient is zero (a key bias shifts every score of a query alike): only rounding noise, left out.
