@@ -19,9 +19,10 @@ as when a lab run and a plain script run one after the other. FLOPs per step are
 large matmul's GFLOP per CPU-second.
 Each time is given as wall clock and as this process's CPU time (`time.process_time`), which a
 loaded machine inflates less. `--eval` times one evaluation (`LMObjective.evaluate`, fast and
-hooked); `--compile` adds the lab step under `torch.compile` (`--compile max-autotune` in that mode); `--profile` prints where the lab
-step's time goes; `--attention` times SDPA against fast_lm's spelled-out attention; `--optimizer` times
-PyTorch's default AdamW against the fused one the lab's step uses (the plain step keeps the default).
+hooked); `--compile` adds the lab step under `torch.compile` (`--compile max-autotune` in that
+mode); `--profile` prints where the lab step's time goes; `--attention` times SDPA against
+fast_lm's spelled-out attention; `--optimizer` times PyTorch's default AdamW against the fused one
+the lab's step uses (the plain step keeps the default).
 """
 
 from __future__ import annotations
@@ -121,9 +122,7 @@ def make_steps(preset: str, dtype_name: str | None, compile_mode: str | None) ->
 
     steps = {"lab": trainer_step(lab, fast_lm.loss_and_acc), "hooked": trainer_step(hooked, lm_loss_and_acc)}
     if compiled is not None:
-        steps["lab-compiled"] = trainer_step(
-            compiled, torch.compile(fast_lm.loss_and_acc, dynamic=True, mode=None if compile_mode == "default" else compile_mode)
-        )
+        steps["lab-compiled"] = trainer_step(compiled, torch.compile(fast_lm.loss_and_acc, dynamic=True, mode=compile_mode))
     torch.manual_seed(tr.seed)
     plain = PlainLM(cfg)
     dtypes = {"plain": None} | ({"plain-bf16": torch.bfloat16} if lab.dtype is not None else {})

@@ -18,11 +18,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from grokking import fast_lm, load_run
+from grokking import load_run
 from grokking.batched import open_batch
 from grokking.config import RunConfig
 from grokking.fast_forward import last_position_logits
-from grokking.objectives import lm_loss_and_acc
 from grokking.precision import resolve_precision
 from grokking.store import RunDir
 from grokking.train import Trainer, TrainingInterrupted, train
@@ -37,7 +36,12 @@ from conftest import (
     tiny_lm,
     train_both,
 )
-from test_fast_lm import batch, loss_and_grads, preset_model, rel
+from test_fast_lm import (
+    assert_fast_bf16_step_is_as_close_to_exact_as_the_hooked_one,
+    assert_fast_step_matches_the_hooked_step_in_fp32,
+    batch,
+    preset_model,
+)
 
 CUDA = torch.device("cuda")
 pytestmark = [
@@ -192,18 +196,9 @@ def test_fast_lm_step_on_the_gpu_is_the_hooked_step_within_its_precision(padded:
     """fast_lm.py on cuBLAS, in fp32 and in bf16, with the CPU tests' bounds (tests/test_fast_lm.py)."""
     model = preset_model("qf-cpu").to(CUDA)
     tokens, mask = (t.to(CUDA) for t in batch("qf-cpu", padded))
-    loss, grads = loss_and_grads(model, fast_lm.loss_and_acc, tokens, mask)
-    ref_loss, ref_grads = loss_and_grads(model, lm_loss_and_acc, tokens, mask)
-    assert loss == pytest.approx(ref_loss, rel=1e-5)
-    assert rel(grads, ref_grads) < 2e-3
-    if not torch.cuda.is_bf16_supported():
-        return
-    exact_loss, exact = loss_and_grads(model.double(), lm_loss_and_acc, tokens, mask)
-    model.float()
-    loss, grads = loss_and_grads(model, fast_lm.loss_and_acc, tokens, mask, torch.bfloat16)
-    ref_loss, ref_grads = loss_and_grads(model, lm_loss_and_acc, tokens, mask, torch.bfloat16)
-    assert rel(grads, exact) < 1.5 * rel(ref_grads, exact)
-    assert abs(loss - exact_loss) < 3e-3 and abs(ref_loss - exact_loss) < 3e-3
+    assert_fast_step_matches_the_hooked_step_in_fp32(model, tokens, mask)
+    if torch.cuda.is_bf16_supported():
+        assert_fast_bf16_step_is_as_close_to_exact_as_the_hooked_one(model, tokens, mask)
 
 
 @pytest.fixture(params=[False, True], ids=["default", "deterministic"])

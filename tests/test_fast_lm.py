@@ -75,10 +75,8 @@ def test_fast_step_is_the_hooked_step_in_float64(preset: str, padded: bool) -> N
     assert rel(grads, ref_grads) < 1e-10
 
 
-@pytest.mark.parametrize("preset,padded", CASES)
-def test_fast_step_matches_the_hooked_step_in_fp32(preset: str, padded: bool) -> None:
-    model = preset_model(preset)
-    tokens, mask = batch(preset, padded)
+def assert_fast_step_matches_the_hooked_step_in_fp32(model: Transformer, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+    """fp32 loss and gradients of the two steps agree to fp32 rounding (also run on a GPU by tests/test_cuda.py)."""
     loss, grads = loss_and_grads(model, fast_lm.loss_and_acc, tokens, mask)
     ref_loss, ref_grads = loss_and_grads(model, lm_loss_and_acc, tokens, mask)
     # Both are fp32 roundings of the float64 result above. Measured over 27 batches (these 6 cases x 3 seeds
@@ -89,12 +87,8 @@ def test_fast_step_matches_the_hooked_step_in_fp32(preset: str, padded: bool) ->
     assert rel(grads, ref_grads) < 2e-3
 
 
-@pytest.mark.parametrize("preset,padded", CASES)
-def test_fast_step_in_bf16_is_as_close_to_exact_as_the_hooked_bf16_step(preset: str, padded: bool) -> None:
-    if not has_fast_bf16(CPU):
-        pytest.skip("this CPU has no fast bf16 (no AMX or AVX-512 BF16): auto trains in fp32 here, bf16 is not used")
-    model = preset_model(preset)
-    tokens, mask = batch(preset, padded)
+def assert_fast_bf16_step_is_as_close_to_exact_as_the_hooked_one(model: Transformer, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+    """The fast bf16 step is about as far from the float64 step as the hooked bf16 step (also run on a GPU)."""
     exact_loss, exact = loss_and_grads(model.double(), lm_loss_and_acc, tokens, mask)
     model.float()
     loss, grads = loss_and_grads(model, fast_lm.loss_and_acc, tokens, mask, torch.bfloat16)
@@ -105,6 +99,18 @@ def test_fast_step_in_bf16_is_as_close_to_exact_as_the_hooked_bf16_step(preset: 
     # within 1.0e-3 of the exact one (a loss of ~4.5), bound 3e-3.
     assert rel(grads, exact) < 1.5 * rel(ref_grads, exact)
     assert abs(loss - exact_loss) < 3e-3 and abs(ref_loss - exact_loss) < 3e-3
+
+
+@pytest.mark.parametrize("preset,padded", CASES)
+def test_fast_step_matches_the_hooked_step_in_fp32(preset: str, padded: bool) -> None:
+    assert_fast_step_matches_the_hooked_step_in_fp32(preset_model(preset), *batch(preset, padded))
+
+
+@pytest.mark.parametrize("preset,padded", CASES)
+def test_fast_step_in_bf16_is_as_close_to_exact_as_the_hooked_bf16_step(preset: str, padded: bool) -> None:
+    if not has_fast_bf16(CPU):
+        pytest.skip("this CPU has no fast bf16 (no AMX or AVX-512 BF16): auto trains in fp32 here, bf16 is not used")
+    assert_fast_bf16_step_is_as_close_to_exact_as_the_hooked_one(preset_model(preset), *batch(preset, padded))
 
 
 def test_padding_rows_that_fill_a_block_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
